@@ -1,0 +1,63 @@
+"""Shared fixtures.
+
+The real Wikipedia features are read from $TF_XMR_WIKIPEDIA (CI sets it to ../shared/data/wikipedia). Tests that need
+them skip with a reason when the variable is unset, and FAIL when $CI is set but the files are missing, so CI can
+never go green by silently skipping the real-data tests.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WIKIPEDIA_FILES = ("raw_features.mat", "trainset_txt_img_cat.list", "testset_txt_img_cat.list", "categories.list")
+
+
+def wikipedia_root_or_skip() -> str:
+    root = os.environ.get("TF_XMR_WIKIPEDIA")
+    if not root:
+        if os.environ.get("CI"):
+            pytest.fail("CI is set but TF_XMR_WIKIPEDIA is not: the real-data tests cannot run")
+        pytest.skip("TF_XMR_WIKIPEDIA is not set (point it at the Wikipedia feature folder to run this test)")
+    missing = [f for f in WIKIPEDIA_FILES if not os.path.exists(os.path.join(root, f))]
+    if missing:
+        message = f"TF_XMR_WIKIPEDIA={root} lacks {', '.join(missing)}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return root
+
+
+@pytest.fixture
+def wikipedia_root() -> str:
+    return wikipedia_root_or_skip()
+
+
+def tiny_overrides(run_dir, *, epochs: int = 2, extra=()) -> list[str]:
+    """--set overrides that shrink configs/acmr.yaml to a seconds-long run (small dims and networks)."""
+    return [
+        f"run_dir={run_dir}",
+        f"train.epochs={epochs}",
+        "train.verbose=0",
+        "train.batch_size=32",
+        "data.synthetic.dims={image: 48, text: 24}",
+        "data.synthetic.num_train=240",
+        "data.synthetic.num_test=90",
+        "data.synthetic.num_classes=4",
+        "model.hidden_units={image: [32], text: [16]}",
+        "model.common_dim=8",
+        "model.k=2",
+        *extra,
+    ]
+
+
+def run_cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
+    """Run a CLI of this repository in a fresh process (as a user would), from the repository root."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+    )

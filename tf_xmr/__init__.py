@@ -1,0 +1,3 @@
+"""tf_xmr: adversarial cross-modal retrieval in TensorFlow 2 / Keras 3."""
+
+__version__ = "0.1.0"

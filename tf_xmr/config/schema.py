@@ -1,0 +1,208 @@
+"""The experiment config: frozen dataclasses for every section, and the loader that resolves a YAML file.
+
+Sections: ``seed``, ``run_dir``, ``method``, ``data``, ``model`` (the method's own dataclass, chosen by ``method``),
+``train``, ``eval``, ``export``. Every field's comment says what it means and, for paper hyperparameters, where the
+value comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from tf_xmr.config.base import SourceMap, apply_overrides, cfg_field, from_dict, load_yaml
+from tf_xmr.errors import ConfigError
+
+
+def _synthetic_dims():
+    # Wikipedia-like deep features: VGG fc7 images and a 300-d text embedding.
+    return {"image": 4096, "text": 300}
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticDataConfig:
+    """The built-in synthetic benchmark (``tf_xmr.data.make_synthetic``)."""
+
+    num_classes: int = cfg_field(10, ge=2)
+    # Modality name -> feature dimension; any number >= 2 of modalities.
+    dims: dict[str, int] = cfg_field(default_factory=_synthetic_dims)
+    # Wikipedia's sizes: 2173 train (validation is carved out of it) / 693 test.
+    num_train: int = cfg_field(2173, ge=10)
+    num_test: int = cfg_field(693, ge=1)
+    # Dimension of the latent semantic space the modalities are generated from.
+    latent_dim: int = cfg_field(32, ge=2)
+    # Items with several labels (relevance = sharing at least one).
+    multi_label: bool = False
+    # Dimension of the emitted class-embedding matrix (for zero-shot methods).
+    class_embedding_dim: int = cfg_field(50, ge=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraysDataConfig:
+    """Generic .mat (v5 / v7.3) / .h5 / .npz feature files (``tf_xmr.data.load_arrays``).
+
+    Example (DSCMR-style files)::
+
+        arrays:
+          paths: {train: data/train.mat, test: data/test.mat}
+          keys:
+            train: {image: train_img, text: train_txt, labels: train_lab}
+            test: {image: test_img, text: test_txt, labels: test_lab}
+    """
+
+    # Split name -> file; relative paths are taken from the working directory.
+    paths: dict[str, str] = cfg_field(default_factory=dict)
+    # Split name -> {modality: key in the file, "labels": key}.
+    keys: dict[str, dict[str, str]] = cfg_field(default_factory=dict)
+    # Subtracted from integer labels: 1 for MATLAB-style 1-based class ids.
+    label_base: int = cfg_field(0, ge=0)
+    class_names: tuple[str, ...] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the features come from and how they are split and standardised."""
+
+    # synthetic: built-in benchmark; wikipedia: the original SIFT/LDA files; arrays: generic feature files;
+    # records: a folder written by `python -m tf_xmr.data convert`.
+    source: Literal["synthetic", "wikipedia", "arrays", "records"] = "synthetic"
+    # Folder of the wikipedia files or of the records; for wikipedia it defaults to $TF_XMR_WIKIPEDIA.
+    root: str | None = None
+    # Fraction of the training split held out (stratified, seeded) for validation / model selection.
+    val_fraction: float = cfg_field(0.1, gt=0.0, lt=1.0)
+    # Feature standardisation inside each encoder (so exports take raw features): none, z-score with the training
+    # split's statistics, or row-wise L2 normalisation.
+    standardize: Literal["none", "zscore", "l2"] = "none"
+    synthetic: SyntheticDataConfig = dataclasses.field(default_factory=SyntheticDataConfig)
+    arrays: ArraysDataConfig = dataclasses.field(default_factory=ArraysDataConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """One player's optimiser."""
+
+    name: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    learning_rate: float = cfg_field(1e-4, gt=0.0)
+    # Adam's beta_1; GAN practice (and the ACMR demo code) uses 0.5.
+    beta_1: float = cfg_field(0.5, ge=0.0, lt=1.0)
+    beta_2: float = cfg_field(0.999, ge=0.0, lt=1.0)
+    # AdamW only; Keras scales it by the learning rate (unlike tensorflow-addons' AdamW).
+    weight_decay: float = cfg_field(0.0, ge=0.0)
+    # Gradient clipping by global norm; null disables it.
+    clipnorm: float | None = cfg_field(None, gt=0.0)
+
+
+def _default_optimizers():
+    return {"embedding": OptimizerConfig(), "discriminator": OptimizerConfig()}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The training loop."""
+
+    epochs: int = cfg_field(50, ge=1)
+    # Pairs per training batch.
+    batch_size: int = cfg_field(64, ge=2)
+    # Player name -> optimiser (players are method-specific: ACMR has embedding and discriminator).
+    optimizers: dict[str, OptimizerConfig] = cfg_field(default_factory=_default_optimizers)
+    # Score the whole validation split every this many epochs (and after the last); the best score picks the
+    # checkpoint that is tested and exported.
+    eval_every: int = cfg_field(1, ge=1)
+    # Stop after this many validation evaluations without improvement; 0 trains all epochs.
+    early_stopping_patience: int = cfg_field(0, ge=0)
+    # Minimum improvement of validation map_avg that counts.
+    min_delta: float = cfg_field(0.0, ge=0.0)
+    # Batch size for embedding splits during evaluation (the last partial batch is always kept).
+    eval_batch_size: int = cfg_field(1024, ge=1)
+    # XLA-compile the train step: measured about 1.8x faster on CPU for these models (docs/toolchain.md).
+    jit_compile: bool = True
+    # Drop the last partial training batch (validation and test never drop anything).
+    drop_remainder: bool = False
+    # Shuffle buffer for training; null = the whole split (in-memory) or 10,000 (records).
+    shuffle_buffer: int | None = cfg_field(None, ge=1)
+    # Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.
+    verbose: int = cfg_field(1, ge=0, le=2)
+    # Save the full training state every epoch so an interrupted run resumes (keras BackupAndRestore).
+    backup: bool = True
+    # tf.config.experimental.enable_op_determinism(): bitwise-repeatable runs, somewhat slower.
+    deterministic: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The retrieval protocol (design.md rule 6) used for validation, test and evaluate.py."""
+
+    # Similarity used for ranking.
+    distance: Literal["cosine", "euclidean", "inner"] = "cosine"
+    # Cut-off of the ranking; null = the whole ranking (mAP@all).
+    k: int | None = cfg_field(None, ge=1)
+    # AP denominator: all relevant items in the database, or the relevant items retrieved in the top k.
+    normalization: Literal["all_relevant", "retrieved"] = "all_relevant"
+    # Named protocols also scored on the test split and reported in metrics.json under "presets"
+    # (acmr_demo = the ACMR authors' demo code: euclidean, k=50, normalised by hits in the top 50).
+    extra_presets: tuple[Literal["default", "acmr_demo"], ...] = ("acmr_demo",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """SavedModel export of the encoders at the end of training."""
+
+    enabled: bool = True
+    # L2-normalise embeddings inside the exported graph (cosine search becomes an inner product).
+    l2_normalize: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole run."""
+
+    # Registered method name (acmr, ...); selects the dataclass of the `model` section.
+    method: str = "acmr"
+    # Seeds Python, NumPy and TensorFlow once at entry, the data split and the synthetic generator.
+    seed: int = cfg_field(0, ge=0)
+    # Output folder; null = saved_models/<config name>-<timestamp>.
+    run_dir: str | None = None
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    # The method's own config dataclass (e.g. ACMRConfig); parsed according to `method`.
+    model: Any = None
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+
+
+def config_name(path: str) -> str:
+    """Run-name stem of a config file: ``configs/acmr.yaml`` -> ``acmr``, ``configs/wikipedia/acmr.yaml`` ->
+    ``wikipedia-acmr``."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    return stem if parent in ("configs", "") else f"{parent}-{stem}"
+
+
+def load_experiment(path: str, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Load a YAML config with its includes, apply ``--set`` overrides and build the typed config strictly.
+
+    Raises:
+        ConfigError: one line naming the key, the file (or --set) and the valid keys / choices / range.
+    """
+    data, sources = load_yaml(path)
+    data = apply_overrides(data, overrides, sources)
+    return experiment_from_dict(data, sources)
+
+
+def experiment_from_dict(data: dict, sources: SourceMap | None = None) -> ExperimentConfig:
+    """Build an ``ExperimentConfig`` from a plain dict (the ``model`` section typed by ``method``)."""
+    from tf_xmr.methods.registry import get_method
+
+    data = dict(data)
+    method_name = data.get("method", ExperimentConfig.method)
+    if not isinstance(method_name, str):
+        raise ConfigError(f"config key 'method' must be a string, got {method_name!r}")
+    model_section = data.pop("model", None) or {}
+    if not isinstance(model_section, dict):
+        raise ConfigError(f"config key 'model' must be a mapping, got {type(model_section).__name__}")
+    spec = get_method(method_name)
+    model = from_dict(spec.config_class, model_section, sources=sources, prefix="model")
+    experiment = from_dict(ExperimentConfig, data, sources=sources)
+    return dataclasses.replace(experiment, model=model)

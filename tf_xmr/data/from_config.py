@@ -1,0 +1,68 @@
+"""The bridge from the ``data:`` config section to the loaders (the loaders themselves take plain arguments)."""
+
+from __future__ import annotations
+
+import os
+
+from tf_xmr.errors import ConfigError
+
+WIKIPEDIA_ENV = "TF_XMR_WIKIPEDIA"
+
+
+def load_feature_set(data_config, seed: int):
+    """Load and validate the feature set a ``DataConfig`` describes.
+
+    Args:
+        data_config: ``tf_xmr.config.schema.DataConfig``.
+        seed: the run seed (validation split, synthetic generator).
+
+    Returns:
+        A validated ``FeatureSet`` with ``train``, ``val`` and ``test`` splits.
+    """
+    source = data_config.source
+    if source == "synthetic":
+        from tf_xmr.data.synthetic import make_synthetic
+
+        syn = data_config.synthetic
+        return make_synthetic(
+            num_classes=syn.num_classes,
+            dims=dict(syn.dims),
+            num_train=syn.num_train,
+            num_test=syn.num_test,
+            val_fraction=data_config.val_fraction,
+            latent_dim=syn.latent_dim,
+            multi_label=syn.multi_label,
+            class_embedding_dim=syn.class_embedding_dim,
+            seed=seed,
+        )
+    if source == "wikipedia":
+        from tf_xmr.data.wikipedia import load_wikipedia
+
+        root = data_config.root or os.environ.get(WIKIPEDIA_ENV)
+        if not root:
+            raise ConfigError(
+                f"data.source is 'wikipedia' but neither data.root nor ${WIKIPEDIA_ENV} is set; "
+                "pass --set data.root=PATH/TO/wikipedia"
+            )
+        return load_wikipedia(root, val_fraction=data_config.val_fraction, seed=seed)
+    if source == "arrays":
+        from tf_xmr.data.arrays import load_arrays
+
+        arrays = data_config.arrays
+        if not arrays.paths or not arrays.keys:
+            raise ConfigError("data.source is 'arrays' but data.arrays.paths or data.arrays.keys is empty")
+        return load_arrays(
+            dict(arrays.paths),
+            {split: dict(keys) for split, keys in arrays.keys.items()},
+            label_base=arrays.label_base,
+            class_names=arrays.class_names,
+            val_fraction=data_config.val_fraction,
+            seed=seed,
+        )
+    if source == "records":
+        from tf_xmr.data.records import load_records
+
+        if not data_config.root:
+            raise ConfigError("data.source is 'records' but data.root (the records folder) is not set")
+        return load_records(data_config.root)
+    raise ConfigError(f"unknown data.source {source!r}")

@@ -1,0 +1,137 @@
+"""SavedModel export of the per-modality encoders for TF Serving.
+
+Layout (design.md section 5)::
+
+    <run_dir>/export/<modality>_encoder/<version>/saved_model.pb
+        serving_default: features float32[None, d_modality] -> embedding float32[None, d_common]
+
+``version`` is an integer, as TF Serving expects; a new export takes the next free version so an older model keeps
+serving until the new one is complete. Each version is written to a temporary directory and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from tf_xmr.errors import ModelInputError
+
+SIGNATURE = "serving_default"
+INPUT_NAME = "features"
+OUTPUT_NAME = "embedding"
+
+
+def encoder_dir(run_dir: str, modality: str) -> str:
+    return os.path.join(run_dir, "export", f"{modality}_encoder")
+
+
+def versions(model_dir: str) -> list[int]:
+    """Integer version folders present under ``model_dir`` (temporary folders excluded), ascending."""
+    if not os.path.isdir(model_dir):
+        return []
+    return sorted(int(name) for name in os.listdir(model_dir) if re.fullmatch(r"\d+", name))
+
+
+def export_encoder(encoder: keras.Model, model_dir: str, *, input_dim: int, l2_normalize: bool = False,
+                   version: int | None = None) -> str:
+    """Write one encoder as a versioned SavedModel with a ``serving_default`` signature.
+
+    Args:
+        encoder: Keras model (batch, input_dim) -> (batch, d_common).
+        model_dir: the model's folder (``.../<modality>_encoder``); the version folder goes inside it.
+        input_dim: feature dimension of the modality.
+        l2_normalize: L2-normalise the embedding inside the graph (cosine retrieval becomes an inner product).
+        version: integer version; default one past the highest existing version.
+
+    Returns:
+        Path of the written version folder.
+    """
+    version = version if version is not None else (max(versions(model_dir), default=0) + 1)
+    final = os.path.join(model_dir, str(version))
+    if os.path.exists(final):
+        raise ModelInputError(f"export version folder {final} already exists")
+    os.makedirs(model_dir, exist_ok=True)
+    tmp = os.path.join(model_dir, f".tmp-{version}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+    def serve(features):
+        embedding = encoder(features, training=False)
+        if l2_normalize:
+            embedding = tf.math.l2_normalize(embedding, axis=-1, epsilon=1e-12)
+        return {OUTPUT_NAME: embedding}
+
+    archive = keras.export.ExportArchive()
+    archive.track(encoder)
+    archive.add_endpoint(
+        name=SIGNATURE,
+        fn=serve,
+        input_signature=[tf.TensorSpec([None, input_dim], tf.float32, name=INPUT_NAME)],
+    )
+    try:
+        archive.write_out(tmp, verbose=False)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def export_model(model, run_dir: str, *, l2_normalize: bool = False) -> dict[str, str]:
+    """Export every encoder of a ``CrossModalModel``; returns modality -> version folder."""
+    return {
+        modality: export_encoder(
+            model.encoder(modality),
+            encoder_dir(run_dir, modality),
+            input_dim=int(model.spec.dims[modality]),
+            l2_normalize=l2_normalize,
+        )
+        for modality in model.modalities
+    }
+
+
+class ExportedEncoder:
+    """A loaded encoder SavedModel, callable on (b, d) arrays; checks the feature dimension first."""
+
+    def __init__(self, path: str):
+        if not os.path.exists(os.path.join(path, "saved_model.pb")):
+            raise ModelInputError(f"{path} is not a SavedModel folder (no saved_model.pb)")
+        self.path = path
+        self._loaded = tf.saved_model.load(path)
+        self._fn = self._loaded.signatures[SIGNATURE]
+        spec = self._fn.structured_input_signature[1][INPUT_NAME]
+        self.input_dim = int(spec.shape[-1])
+
+    def __call__(self, features):
+        features = tf.convert_to_tensor(features, tf.float32)
+        if features.shape.rank != 2 or int(features.shape[-1]) != self.input_dim:
+            raise ModelInputError(
+                f"exported model {self.path} takes features of shape (batch, {self.input_dim}), "
+                f"got {tuple(features.shape)}"
+            )
+        return self._fn(**{INPUT_NAME: features})[OUTPUT_NAME]
+
+
+def load_exported(run_dir: str, modality: str, version: int | None = None) -> ExportedEncoder:
+    """Load ``<run_dir>/export/<modality>_encoder/<version>`` (latest version by default)."""
+    model_dir = encoder_dir(run_dir, modality)
+    found = versions(model_dir)
+    if not found:
+        raise ModelInputError(f"no exported {modality} encoder under {model_dir}")
+    chosen = version if version is not None else found[-1]
+    if chosen not in found:
+        raise ModelInputError(f"export version {chosen} not found under {model_dir}; available: {found}")
+    return ExportedEncoder(os.path.join(model_dir, str(chosen)))
+
+
+def check_equal(encoder: keras.Model, exported: ExportedEncoder, features: np.ndarray, atol: float = 1e-5) -> float:
+    """Max absolute difference between a Keras encoder and its export on ``features`` (raises if above ``atol``)."""
+    reference = np.asarray(encoder(features, training=False))
+    served = np.asarray(exported(features))
+    diff = float(np.max(np.abs(reference - served)))
+    if diff > atol:
+        raise AssertionError(f"export differs from the Keras encoder by {diff} > {atol}")
+    return diff

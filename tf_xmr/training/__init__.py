@@ -1,0 +1,1 @@
+"""Training orchestration, callbacks and checkpointing."""

@@ -1,0 +1,159 @@
+"""Training callbacks: validation retrieval with best-checkpoint selection, GRL schedule, logging, NaN guard."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable
+
+import keras
+import numpy as np
+
+log = logging.getLogger("tf_xmr.training")
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def atomic_save_weights(model: keras.Model, path: str) -> None:
+    """``model.save_weights`` via a temporary file (Keras insists on the ``.weights.h5`` suffix)."""
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
+    model.save_weights(tmp)
+    os.replace(tmp, path)
+
+
+class RetrievalValidation(keras.callbacks.Callback):
+    """Scores the whole validation split every ``every`` epochs; keeps the best checkpoint; stops early.
+
+    Adds ``val_map_<direction>`` and ``val_map_avg`` to the epoch logs (so TensorBoard and the progress bar show them)
+    and must therefore come before the TensorBoard callback in the list. Model selection uses only this validation
+    score; the test split is never touched during training.
+
+    Args:
+        evaluate: callable returning ``{"map_i2t": ..., "map_avg": ...}`` for the current weights on validation.
+        checkpoint_dir: where ``best.weights.h5`` and ``best.json`` go.
+        every: evaluate every this many epochs (and always after the last epoch).
+        patience: stop after this many evaluations without improvement of ``map_avg`` (0 disables early stopping).
+        min_delta: an improvement must exceed this.
+        total_epochs: ``fit``'s epoch count, to know the last epoch.
+    """
+
+    def __init__(self, evaluate: Callable[[], dict], checkpoint_dir: str, *, every: int, patience: int,
+                 min_delta: float, total_epochs: int):
+        super().__init__()
+        self.evaluate = evaluate
+        self.checkpoint_dir = checkpoint_dir
+        self.every = every
+        self.patience = patience
+        self.min_delta = min_delta
+        self.total_epochs = total_epochs
+        self.best_path = os.path.join(checkpoint_dir, "best.weights.h5")
+        self.state_path = os.path.join(checkpoint_dir, "best.json")
+        self.best = {"epoch": None, "val": None, "evaluations_since_best": 0}
+
+    def on_train_begin(self, logs=None):
+        # A resumed run continues with the best score found before the interruption.
+        if os.path.exists(self.state_path) and os.path.exists(self.best_path):
+            with open(self.state_path, encoding="utf-8") as handle:
+                self.best = json.load(handle)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs if logs is not None else {}
+        last = epoch + 1 == self.total_epochs
+        if (epoch + 1) % self.every and not last:
+            return
+        scores = self.evaluate()
+        for key, value in scores.items():
+            logs[f"val_{key}"] = value
+        current = scores["map_avg"]
+        previous = None if self.best["val"] is None else self.best["val"]["map_avg"]
+        if previous is None or current > previous + self.min_delta:
+            atomic_save_weights(self.model, self.best_path)
+            self.best = {"epoch": epoch + 1, "val": scores, "evaluations_since_best": 0}
+            log.info("epoch %d: validation mAP %.4f (best so far, checkpoint saved)", epoch + 1, current)
+        else:
+            self.best["evaluations_since_best"] += 1
+            log.info("epoch %d: validation mAP %.4f (best %.4f at epoch %d)", epoch + 1, current, previous,
+                     self.best["epoch"])
+            if self.patience and self.best["evaluations_since_best"] >= self.patience:
+                log.info("early stopping: no improvement in %d evaluations", self.patience)
+                self.model.stop_training = True
+        atomic_write_text(self.state_path, json.dumps(self.best, indent=2))
+
+
+class GradientReversalSchedule(keras.callbacks.Callback):
+    """Drives the strength of gradient reversal layers.
+
+    ``constant``: ``max_strength`` throughout. ``dann``: ``max_strength * (2 / (1 + exp(-gamma * p)) - 1)`` with ``p``
+    the fraction of training steps done (Ganin & Lempitsky 2015, gamma = 10), updated every batch.
+    """
+
+    def __init__(self, layers, *, schedule: str, max_strength: float, total_epochs: int, steps_per_epoch: int,
+                 gamma: float = 10.0):
+        super().__init__()
+        self.layers = list(layers)
+        self.schedule = schedule
+        self.max_strength = float(max_strength)
+        self.total_steps = max(1, total_epochs * steps_per_epoch)
+        self.steps_per_epoch = steps_per_epoch
+        self.gamma = gamma
+        self._epoch = 0
+
+    def strength(self, step: int) -> float:
+        if self.schedule == "constant":
+            return self.max_strength
+        progress = min(1.0, step / self.total_steps)
+        return self.max_strength * (2.0 / (1.0 + math.exp(-self.gamma * progress)) - 1.0)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        value = self.strength(self._epoch * self.steps_per_epoch + batch)
+        for layer in self.layers:
+            layer.strength.assign(value)
+
+
+class TrainingStateLogger(keras.callbacks.Callback):
+    """Adds each player's learning rate and the GRL strength to the epoch logs (TensorBoard picks them up)."""
+
+    def __init__(self, optimizers: dict, grl_layers):
+        super().__init__()
+        self.optimizers = optimizers
+        self.grl_layers = list(grl_layers)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        for name, optimizer in self.optimizers.items():
+            logs[f"learning_rate_{name}"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        if self.grl_layers:
+            logs["grl_strength"] = float(keras.ops.convert_to_numpy(self.grl_layers[0].strength))
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stops training at the first batch whose logged losses are NaN or infinite and remembers where."""
+
+    def __init__(self):
+        super().__init__()
+        self.failure = None
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        for key, value in (logs or {}).items():
+            value = float(np.asarray(value))
+            if not math.isfinite(value):
+                self.failure = f"{key} became {value} at epoch {self._epoch + 1}, batch {batch + 1}"
+                self.model.stop_training = True
+                return

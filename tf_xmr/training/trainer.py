@@ -1,0 +1,321 @@
+"""Fit orchestration: config -> data -> model -> adversarial training -> validation selection -> test -> export.
+
+``train(config)`` is what ``train.py`` calls. The order of operations is what keeps bad input from leaving
+half-written output: the config and the data are fully loaded and validated, and the model is built, before the run
+directory is created; results (``metrics.json``, exports) are written to temporary names and renamed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import os
+import shutil
+
+from tf_xmr.config import dump_yaml, to_dict
+from tf_xmr.config.schema import ExperimentConfig
+from tf_xmr.errors import ConfigError, XmrError
+
+log = logging.getLogger("tf_xmr.training")
+
+
+class TrainingError(XmrError):
+    """Training could not continue (for example the loss became NaN)."""
+
+    exit_code = 1
+
+
+@dataclasses.dataclass
+class RunResult:
+    run_dir: str
+    metrics: dict
+    exports: dict
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Building blocks shared by train / evaluate / export
+
+
+def load_data(config: ExperimentConfig):
+    """The validated ``FeatureSet`` a config describes."""
+    from tf_xmr.data.from_config import load_feature_set
+
+    return load_feature_set(config.data, seed=config.seed)
+
+
+def data_spec(config: ExperimentConfig, feature_set):
+    """The ``DataSpec`` for a model: dims, classes, and training-split statistics if z-scoring."""
+    from tf_xmr.data import feature_stats
+    from tf_xmr.methods.base import DataSpec
+
+    stats = None
+    if config.data.standardize == "zscore":
+        stats = {m: feature_stats(feature_set.splits["train"], m) for m in feature_set.modalities}
+    return DataSpec(
+        modalities=tuple(feature_set.modalities),
+        dims=dict(feature_set.dims),
+        num_classes=feature_set.num_classes,
+        standardize=config.data.standardize,
+        stats=stats,
+        class_embeddings=feature_set.class_embeddings,
+    )
+
+
+def build_model(config: ExperimentConfig, spec):
+    """Instantiate the configured method's model and create all its variables."""
+    from tf_xmr.methods.registry import get_method
+
+    model = get_method(config.method).model_class(config.model, spec)
+    model.build_for_training()
+    return model
+
+
+def build_optimizer(opt_cfg, learning_rate_scale: float = 1.0):
+    import keras
+
+    kwargs = {"learning_rate": opt_cfg.learning_rate * learning_rate_scale}
+    if opt_cfg.clipnorm is not None:
+        kwargs["global_clipnorm"] = opt_cfg.clipnorm
+    if opt_cfg.name in ("adam", "adamw"):
+        kwargs.update(beta_1=opt_cfg.beta_1, beta_2=opt_cfg.beta_2)
+    if opt_cfg.name == "adamw":
+        return keras.optimizers.AdamW(weight_decay=opt_cfg.weight_decay, **kwargs)
+    if opt_cfg.name == "adam":
+        return keras.optimizers.Adam(**kwargs)
+    if opt_cfg.name == "sgd":
+        return keras.optimizers.SGD(**kwargs)
+    return keras.optimizers.RMSprop(**kwargs)
+
+
+def compile_model(model, config: ExperimentConfig):
+    """One optimiser per player, from ``train.optimizers``; a missing player entry is a config error."""
+    optimizers = {}
+    for player in model.players():
+        if player.name not in config.train.optimizers:
+            raise ConfigError(
+                f"config key 'train.optimizers' has no entry for player {player.name!r} of method "
+                f"{config.method!r}; it has {sorted(config.train.optimizers)}"
+            )
+        optimizers[player.name] = build_optimizer(config.train.optimizers[player.name], player.learning_rate_scale)
+    model.compile(optimizers=optimizers, jit_compile=config.train.jit_compile)
+    return optimizers
+
+
+def protocol(config: ExperimentConfig, preset: str | None = None):
+    from tf_xmr.metrics import PRESETS, RetrievalProtocol
+
+    if preset is not None:
+        return PRESETS[preset]
+    return RetrievalProtocol(config.eval.distance, config.eval.k, config.eval.normalization)
+
+
+def keras_encoders(model) -> dict:
+    """modality -> compiled inference function of the Keras encoder."""
+    import tensorflow as tf
+
+    return {
+        m: tf.function(lambda x, enc=model.encoder(m): enc(x, training=False), reduce_retracing=True)
+        for m in model.modalities
+    }
+
+
+def score_split(encoders, feature_set, split: str, config: ExperimentConfig, preset: str | None = None,
+                detailed: bool = False) -> dict:
+    from tf_xmr.metrics.evaluator import embed_split, score_embeddings
+
+    embeddings, labels = embed_split(
+        feature_set.splits[split], encoders, batch_size=config.train.eval_batch_size,
+        num_classes=feature_set.num_classes,
+    )
+    return score_embeddings(embeddings, labels, protocol(config, preset), feature_set.modalities, detailed=detailed)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Run directory
+
+
+def resolve_run_dir(config: ExperimentConfig, config_path: str | None) -> str:
+    if config.run_dir:
+        return config.run_dir
+    stem = "run"
+    if config_path:
+        from tf_xmr.config.schema import config_name
+
+        stem = config_name(config_path)
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join("saved_models", f"{stem}-{stamp}")
+
+
+def prepare_run_dir(run_dir: str, config: ExperimentConfig) -> bool:
+    """Check the run directory before anything is written; returns True when resuming an interrupted run.
+
+    A folder holding a finished run, another run's config or unknown files is refused; one holding an interrupted run
+    with the same resolved config is resumed (BackupAndRestore).
+    """
+    resolved = to_dict(dataclasses.replace(config, run_dir=run_dir))
+    if os.path.exists(run_dir):
+        if not os.path.isdir(run_dir):
+            raise ConfigError(f"run_dir {run_dir} exists and is not a directory")
+        entries = set(os.listdir(run_dir))
+        if "metrics.json" in entries:
+            raise ConfigError(f"run_dir {run_dir} already holds a finished run (metrics.json); choose another run_dir")
+        if entries and "config.yaml" not in entries:
+            raise ConfigError(f"run_dir {run_dir} is not empty and is not a tf_xmr run; choose another run_dir")
+        if entries:
+            import yaml
+
+            with open(os.path.join(run_dir, "config.yaml"), encoding="utf-8") as handle:
+                previous = yaml.safe_load(handle)
+            if previous != resolved:
+                changed = sorted(_diff_keys(previous, resolved))
+                raise ConfigError(
+                    f"run_dir {run_dir} holds an interrupted run with a different config (differs at: "
+                    f"{', '.join(changed[:5])}); resume with the same config or choose another run_dir"
+                )
+            return True
+    parent = os.path.dirname(os.path.abspath(run_dir))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create the parent of run_dir {run_dir}: {exc.strerror}") from None
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"run_dir parent {parent} is not writable")
+    return False
+
+
+def _diff_keys(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in set(a) | set(b):
+            yield from _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
+    elif a != b:
+        yield prefix.rstrip(".")
+
+
+def _write_json(path: str, payload: dict) -> None:
+    from tf_xmr.training.callbacks import atomic_write_text
+
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+
+
+def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunResult:
+    """Train, select on validation, score the test split once, export.
+
+    Args:
+        config: resolved experiment config.
+        config_path: the YAML file it came from (names the default run directory).
+
+    Returns:
+        ``RunResult`` with the run directory, the metrics written to ``metrics.json`` and the export paths.
+    """
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(config.seed)
+    if config.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+    # 1. Everything that can fail on bad input, before anything is written.
+    feature_set = load_data(config)
+    spec = data_spec(config, feature_set)
+    model = build_model(config, spec)
+    optimizers = compile_model(model, config)
+    run_dir = resolve_run_dir(config, config_path)
+    config = dataclasses.replace(config, run_dir=run_dir)
+    resuming = prepare_run_dir(run_dir, config)
+
+    # 2. The run directory.
+    checkpoint_dir = os.path.join(run_dir, "checkpoints")
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    if not resuming:
+        dump_yaml(config, os.path.join(run_dir, "config.yaml"))
+        _write_json(os.path.join(run_dir, "data.json"), feature_set.summary())
+    else:
+        log.info("resuming the interrupted run in %s", run_dir)
+
+    from tf_xmr.data import make_dataset
+    from tf_xmr.training import callbacks as cb
+
+    train_split = feature_set.splits["train"]
+    train_ds = make_dataset(
+        train_split, batch_size=config.train.batch_size, num_classes=feature_set.num_classes, shuffle=True,
+        seed=config.seed, drop_remainder=config.train.drop_remainder, shuffle_buffer=config.train.shuffle_buffer,
+    )
+    n_train = train_split.num_examples()
+    steps_per_epoch = n_train // config.train.batch_size
+    if not config.train.drop_remainder and n_train % config.train.batch_size:
+        steps_per_epoch += 1
+
+    encoders = keras_encoders(model)
+    grl_layers = model.gradient_reversal_layers()
+    validation = cb.RetrievalValidation(
+        lambda: score_split(encoders, feature_set, "val", config),
+        checkpoint_dir,
+        every=config.train.eval_every,
+        patience=config.train.early_stopping_patience,
+        min_delta=config.train.min_delta,
+        total_epochs=config.train.epochs,
+    )
+    nan_guard = cb.StopOnNonFinite()
+    callbacks = [nan_guard, cb.TrainingStateLogger(model.player_optimizers, grl_layers), validation]
+    if grl_layers:
+        model_cfg = config.model
+        callbacks.insert(
+            0,
+            cb.GradientReversalSchedule(
+                grl_layers,
+                schedule=getattr(model_cfg, "grl_schedule", "constant"),
+                max_strength=getattr(model_cfg, "adv_weight", 1.0),
+                total_epochs=config.train.epochs,
+                steps_per_epoch=steps_per_epoch,
+            ),
+        )
+    callbacks.append(
+        keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "logs"), write_graph=False, update_freq="epoch")
+    )
+    if config.train.backup:
+        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(checkpoint_dir, "backup")))
+
+    model.fit(train_ds, epochs=config.train.epochs, callbacks=callbacks, verbose=config.train.verbose,
+              shuffle=False)  # the tf.data pipeline shuffles (seeded); Keras must not
+    if nan_guard.failure:
+        raise TrainingError(
+            f"training stopped: {nan_guard.failure}; lower the learning rates or loss weights "
+            f"(run directory {run_dir} kept for inspection)"
+        )
+
+    # 3. The checkpoint chosen on validation; the test split is scored exactly once, here.
+    best = validation.best
+    if best["epoch"] is None:
+        raise TrainingError("no validation evaluation ran, so no checkpoint was selected")
+    model.load_weights(validation.best_path)
+    test_scores = score_split(encoders, feature_set, "test", config, detailed=True)
+    presets = {
+        name: score_split(encoders, feature_set, "test", config, preset=name) for name in config.eval.extra_presets
+    }
+    metrics = {
+        "val": {**best["val"], "best_epoch": best["epoch"]},
+        "test": test_scores,
+        "protocol": protocol(config).describe(),
+        "presets": {name: {"protocol": protocol(config, name).describe(), "test": scores}
+                    for name, scores in presets.items()},
+        "method": config.method,
+        "seed": config.seed,
+        "data": {"source": config.data.source, **{k: v for k, v in feature_set.summary().items() if k != "name"}},
+    }
+
+    exports = {}
+    if config.export.enabled:
+        from tf_xmr.export import export_model
+
+        exports = export_model(model, run_dir, l2_normalize=config.export.l2_normalize)
+    # metrics.json last: its presence marks a finished run.
+    _write_json(os.path.join(run_dir, "metrics.json"), metrics)
+    if config.train.backup:
+        shutil.rmtree(os.path.join(checkpoint_dir, "backup"), ignore_errors=True)
+    return RunResult(run_dir=run_dir, metrics=metrics, exports=exports)

@@ -1,0 +1,33 @@
+"""Train a cross-modal retrieval model from a YAML config.
+
+    python train.py --config configs/acmr.yaml [--set train.epochs=5 --set data.root=...]
+
+Writes the run directory (config.yaml, checkpoints/, logs/, metrics.json, export/) and prints the validation and test
+mAP of the checkpoint selected on validation.
+"""
+
+import argparse
+
+from tf_xmr.cli import add_override_argument, quiet_tensorflow, run
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="YAML config (see configs/)")
+    add_override_argument(parser)
+    args = parser.parse_args()
+
+    quiet_tensorflow()
+    from tf_xmr.config.schema import load_experiment
+    from tf_xmr.reporting import format_table
+    from tf_xmr.training.trainer import train
+
+    config = load_experiment(args.config, args.overrides)
+    result = train(config, config_path=args.config)
+    print(format_table(result.metrics, splits=("val", "test")))
+    print(f"run directory: {result.run_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
