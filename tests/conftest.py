@@ -14,6 +14,10 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# CI passes a path relative to the repository root; tests also run subprocesses from other folders.
+if os.environ.get("TF_XMR_WIKIPEDIA"):
+    os.environ["TF_XMR_WIKIPEDIA"] = os.path.abspath(os.path.join(ROOT, os.environ["TF_XMR_WIKIPEDIA"]))
 WIKIPEDIA_FILES = ("raw_features.mat", "trainset_txt_img_cat.list", "testset_txt_img_cat.list", "categories.list")
 
 

@@ -1,0 +1,154 @@
+"""tf.data input pipelines over in-memory splits and TFRecord splits, with one element structure for both.
+
+Every element is a dict ``{modality: float32 (b, d_m) for each requested modality, "labels": float32 (b, c)}``
+(multi-hot labels, whatever the storage). With ``shuffle=False`` and ``drop_remainder=False`` a pass yields every item
+exactly once, in the split's order, the last batch possibly partial: evaluation relies on it (design.md rule 6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from tf_xmr.data.feature_set import LABELS_KEY, RecordSplit, Split, to_multi_hot
+from tf_xmr.errors import DataError
+
+#: Default shuffle buffer for streamed records: large enough to mix shards well, small enough to stay streamed.
+RECORD_SHUFFLE_BUFFER = 10_000
+
+
+def _resolve_modalities(split: Split | RecordSplit, modalities: Sequence[str] | str | None) -> tuple[str, ...]:
+    available = tuple(split.modalities)
+    if isinstance(modalities, str):
+        modalities = (modalities,)
+    if modalities is None:
+        if not split.paired and len(available) > 1:
+            raise DataError(
+                f"unpaired split with modalities {list(available)}: request exactly one modality per dataset"
+            )
+        return available
+    modalities = tuple(modalities)
+    if not modalities:
+        raise DataError("make_dataset: modalities is empty")
+    for m in modalities:
+        if m not in available:
+            raise DataError(f"make_dataset: split has no modality {m!r} (has: {', '.join(available)})")
+    if len(set(modalities)) != len(modalities):
+        raise DataError(f"make_dataset: modality requested twice in {list(modalities)}")
+    if not split.paired and len(modalities) != 1:
+        raise DataError(
+            f"unpaired split: items of {list(modalities)} are not aligned, request exactly one modality per dataset"
+        )
+    return modalities
+
+
+def make_dataset(
+    split: Split | RecordSplit,
+    *,
+    batch_size: int,
+    num_classes: int,
+    modalities: Sequence[str] | str | None = None,
+    shuffle: bool = False,
+    seed: int | None = None,
+    repeat: bool = False,
+    drop_remainder: bool = False,
+    shuffle_buffer: int | None = None,
+):
+    """Batched ``tf.data.Dataset`` over one split.
+
+    In memory: ``from_tensor_slices -> shuffle -> repeat -> batch -> prefetch``. Records: shard list ->
+    ``interleave(TFRecordDataset)`` (parallel; deterministic unless shuffling without a seed) -> shuffle -> repeat ->
+    batch -> ``parse_example`` on the whole batch -> ``decode_raw`` + reshape -> prefetch. Both give identical element
+    specs, and with ``shuffle=False`` identical elements.
+
+    Args:
+        split: a :class:`Split` or :class:`RecordSplit`.
+        batch_size: items per batch (> 0).
+        num_classes: c, the width of the multi-hot labels.
+        modalities: modalities to include; default all of a paired split. An unpaired split needs exactly one.
+        shuffle: shuffle items (and, for records, the shard order) every epoch.
+        seed: shuffle seed; with a seed the order is reproducible (a different permutation each epoch).
+        repeat: repeat indefinitely (epochs run into each other; no partial batch at epoch ends).
+        drop_remainder: drop the last partial batch (training only; never for evaluation).
+        shuffle_buffer: shuffle buffer size; default the whole split in memory, ``min(n, 10000)`` for records.
+
+    Returns:
+        A dataset of dicts ``{modality: float32 (b, d_m), "labels": float32 (b, c)}``; b is static (batch_size) only
+        with ``drop_remainder=True``.
+
+    Raises:
+        DataError: unknown/duplicate modality, several modalities of an unpaired split, bad batch size, labels that
+            do not fit ``num_classes``.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"make_dataset: batch_size must be a positive integer, got {batch_size!r}")
+    if shuffle_buffer is not None and (not isinstance(shuffle_buffer, int) or shuffle_buffer < 1):
+        raise DataError(f"make_dataset: shuffle_buffer must be a positive integer, got {shuffle_buffer!r}")
+    mods = _resolve_modalities(split, modalities)
+    if isinstance(split, RecordSplit):
+        return _records_dataset(split, mods, batch_size, num_classes, shuffle, seed, repeat, drop_remainder, shuffle_buffer)
+    if isinstance(split, Split):
+        return _memory_dataset(split, mods, batch_size, num_classes, shuffle, seed, repeat, drop_remainder, shuffle_buffer)
+    raise DataError(f"make_dataset: expected a Split or RecordSplit, got {type(split).__name__}")
+
+
+def _memory_dataset(split, mods, batch_size, num_classes, shuffle, seed, repeat, drop_remainder, shuffle_buffer):
+    import tensorflow as tf
+
+    n = split.num_examples(mods[0])
+    tensors = {m: split.features[m] for m in mods}
+    # Any requested modality carries the item's labels (identical across a paired split).
+    tensors[LABELS_KEY] = to_multi_hot(split.labels[mods[0]], num_classes)
+    ds = tf.data.Dataset.from_tensor_slices(tensors)
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer or n, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _records_dataset(split, mods, batch_size, num_classes, shuffle, seed, repeat, drop_remainder, shuffle_buffer):
+    import tensorflow as tf
+
+    if split.num_classes != num_classes:
+        raise DataError(
+            f"make_dataset: records in {split.root} store labels of width {split.num_classes}, num_classes={num_classes}"
+        )
+    files = split.files(None if split.paired else mods[0])
+    n = split.num_examples(mods[0])
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    # Items were written round-robin over the shards, so a deterministic interleave that cycles over all shards one
+    # record at a time restores the original order. Determinism is only given up when shuffling without a seed.
+    ds = ds.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=len(files),
+        block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=(not shuffle) or seed is not None,
+    )
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer or min(n, RECORD_SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    # Batch first, then parse the whole batch in one parse_example call: 2-5x faster than per-record parsing.
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    spec = {key: tf.io.FixedLenFeature([], tf.string) for key in (*mods, LABELS_KEY)}
+    widths = {**{m: split.dims[m] for m in mods}, LABELS_KEY: num_classes}
+    static_batch = batch_size if drop_remainder else None
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        out = {}
+        for key in (*mods, LABELS_KEY):
+            values = tf.io.decode_raw(parsed[key], tf.float32)  # (b, width): every record has the same length
+            values = tf.reshape(values, [-1, widths[key]])
+            out[key] = tf.ensure_shape(values, [static_batch, widths[key]])
+        return out
+
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=(not shuffle) or seed is not None)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+__all__ = ["make_dataset"]
