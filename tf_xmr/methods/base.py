@@ -143,7 +143,8 @@ class AdversarialModel(CrossModalModel):
             optimizers: player name -> optimiser; every player of ``players()`` needs one.
             jit_compile: compile the train step with XLA (about 2x faster on CPU for these models).
         """
-        super().compile(jit_compile=jit_compile, **kwargs)
+        # optimizer=None: Keras would otherwise attach an unused default RMSprop that pollutes checkpoints.
+        super().compile(optimizer=None, jit_compile=jit_compile, **kwargs)
         self._players = tuple(self.players())
         missing = [p.name for p in self._players if p.name not in optimizers]
         if missing:

@@ -134,9 +134,9 @@ class TrainingStateLogger(keras.callbacks.Callback):
         if logs is None:
             return
         for name, optimizer in self.optimizers.items():
-            logs[f"learning_rate_{name}"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+            logs[f"learning_rate_{name}"] = float(optimizer.learning_rate.numpy())
         if self.grl_layers:
-            logs["grl_strength"] = float(keras.ops.convert_to_numpy(self.grl_layers[0].strength))
+            logs["grl_strength"] = float(self.grl_layers[0].strength.numpy())
 
 
 class StopOnNonFinite(keras.callbacks.Callback):

@@ -72,10 +72,11 @@ def build_model(config: ExperimentConfig, spec):
     return model
 
 
-def build_optimizer(opt_cfg, learning_rate_scale: float = 1.0):
+def build_optimizer(opt_cfg, learning_rate_scale: float = 1.0, name: str | None = None):
     import keras
 
-    kwargs = {"learning_rate": opt_cfg.learning_rate * learning_rate_scale}
+    # Named by player so the optimiser slots in a checkpoint are keyed by role, not by creation order.
+    kwargs = {"learning_rate": opt_cfg.learning_rate * learning_rate_scale, "name": name}
     if opt_cfg.clipnorm is not None:
         kwargs["global_clipnorm"] = opt_cfg.clipnorm
     if opt_cfg.name in ("adam", "adamw"):
@@ -98,7 +99,9 @@ def compile_model(model, config: ExperimentConfig):
                 f"config key 'train.optimizers' has no entry for player {player.name!r} of method "
                 f"{config.method!r}; it has {sorted(config.train.optimizers)}"
             )
-        optimizers[player.name] = build_optimizer(config.train.optimizers[player.name], player.learning_rate_scale)
+        optimizers[player.name] = build_optimizer(
+            config.train.optimizers[player.name], player.learning_rate_scale, name=f"{player.name}_optimizer"
+        )
     model.compile(optimizers=optimizers, jit_compile=config.train.jit_compile)
     return optimizers
 
@@ -250,6 +253,8 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
     steps_per_epoch = n_train // config.train.batch_size
     if not config.train.drop_remainder and n_train % config.train.batch_size:
         steps_per_epoch += 1
+    # Streamed records have unknown cardinality; stating it lets Keras show a real progress bar from epoch 1.
+    train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
 
     encoders = keras_encoders(model)
     grl_layers = model.gradient_reversal_layers()
@@ -306,7 +311,7 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
                     for name, scores in presets.items()},
         "method": config.method,
         "seed": config.seed,
-        "data": {"source": config.data.source, **{k: v for k, v in feature_set.summary().items() if k != "name"}},
+        "data": {"loader": config.data.source, **feature_set.summary()},
     }
 
     exports = {}

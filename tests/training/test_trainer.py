@@ -1,0 +1,158 @@
+"""The training orchestration in-process: model selection on validation only, resume, NaN guard, records."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests.conftest import run_cli, tiny_overrides
+from tf_xmr.config.schema import load_experiment
+from tf_xmr.training import callbacks as cb
+from tf_xmr.training import trainer
+
+
+def _config(run_dir, epochs=3, extra=()):
+    return load_experiment("configs/acmr.yaml", tiny_overrides(run_dir, epochs=epochs, extra=extra))
+
+
+def test_test_split_is_scored_once_after_selection_on_validation(tmp_path, monkeypatch):
+    calls = []
+    real = trainer.score_split
+
+    def spy(encoders, feature_set, split, config, preset=None, detailed=False):
+        calls.append((split, preset))
+        return real(encoders, feature_set, split, config, preset=preset, detailed=detailed)
+
+    monkeypatch.setattr(trainer, "score_split", spy)
+    result = trainer.train(_config(str(tmp_path / "run"), epochs=3, extra=["train.jit_compile=false"]))
+    splits = [split for split, _ in calls]
+    first_test = splits.index("test")
+    # Every validation evaluation happens before the test split is touched; the test split is scored once per
+    # reported protocol (the primary one and the acmr_demo preset), with the selected checkpoint.
+    assert splits[:first_test] == ["val"] * 3
+    assert calls[first_test:] == [("test", None), ("test", "acmr_demo")]
+    assert result.metrics["val"]["best_epoch"] in (1, 2, 3)
+
+
+def test_selected_checkpoint_is_the_best_validation_epoch(tmp_path):
+    scores = iter([0.2, 0.5, 0.3, 0.4])
+
+    class Tiny:
+        stop_training = False
+
+        def save_weights(self, path):
+            with open(path, "w") as handle:
+                handle.write("weights")
+
+    callback = cb.RetrievalValidation(lambda: {"map_avg": next(scores)}, str(tmp_path), every=1, patience=2,
+                                      min_delta=0.0, total_epochs=10)
+    callback.set_model(Tiny())
+    for epoch in range(4):
+        logs = {}
+        callback.on_epoch_end(epoch, logs)
+        assert "val_map_avg" in logs
+    assert callback.best["epoch"] == 2
+    # Two evaluations without improvement (0.3, 0.4 < 0.5) trigger early stopping.
+    assert callback.model.stop_training
+    with open(tmp_path / "best.json") as handle:
+        assert json.load(handle)["epoch"] == 2
+
+
+def test_interrupted_run_resumes_from_the_last_epoch(tmp_path, monkeypatch):
+    run_dir = str(tmp_path / "run")
+    config = _config(run_dir, epochs=4, extra=["train.jit_compile=false"])
+    real_begin = cb.StopOnNonFinite.on_epoch_begin
+
+    def crash_in_third_epoch(self, epoch, logs=None):
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_begin(self, epoch, logs)
+
+    monkeypatch.setattr(cb.StopOnNonFinite, "on_epoch_begin", crash_in_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(config)
+    assert not os.path.exists(os.path.join(run_dir, "metrics.json"))
+    assert os.path.isdir(os.path.join(run_dir, "checkpoints", "backup"))
+    monkeypatch.setattr(cb.StopOnNonFinite, "on_epoch_begin", real_begin)
+
+    evaluated = []
+    real_end = cb.RetrievalValidation.on_epoch_end
+
+    def record(self, epoch, logs=None):
+        evaluated.append(epoch)
+        return real_end(self, epoch, logs)
+
+    monkeypatch.setattr(cb.RetrievalValidation, "on_epoch_end", record)
+    result = trainer.train(config)
+    # BackupAndRestore: the second run trains only epochs 3 and 4.
+    assert evaluated == [2, 3]
+    assert os.path.exists(os.path.join(run_dir, "metrics.json"))
+    assert result.metrics["val"]["best_epoch"] in (1, 2, 3, 4)
+
+
+def test_resuming_with_a_different_config_is_refused(tmp_path):
+    from tf_xmr.errors import ConfigError
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text("seed: 1\n")
+    with pytest.raises(ConfigError, match="different config"):
+        trainer.prepare_run_dir(str(run_dir), _config(str(run_dir)))
+    (run_dir / "config.yaml").unlink()
+    (run_dir / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a tf_xmr run"):
+        trainer.prepare_run_dir(str(run_dir), _config(str(run_dir)))
+
+
+def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
+    guard = cb.StopOnNonFinite()
+
+    class Model:
+        stop_training = False
+
+    guard.set_model(Model())
+    guard.on_epoch_begin(1)
+    guard.on_train_batch_end(0, {"embedding_loss": 1.0})
+    assert guard.failure is None
+    guard.on_train_batch_end(4, {"embedding_loss": float("nan")})
+    assert guard.model.stop_training and guard.failure == "embedding_loss became nan at epoch 2, batch 5"
+
+
+def test_grl_dann_schedule():
+    class Layer:
+        def __init__(self):
+            import tensorflow as tf
+
+            self.strength = tf.Variable(0.0)
+
+    layer = Layer()
+    schedule = cb.GradientReversalSchedule([layer], schedule="dann", max_strength=2.0, total_epochs=2,
+                                           steps_per_epoch=5)
+    assert schedule.strength(0) == 0.0
+    np.testing.assert_allclose(schedule.strength(5), 2.0 * (2.0 / (1.0 + np.exp(-5.0)) - 1.0))
+    schedule.on_epoch_begin(1)
+    schedule.on_train_batch_begin(4)
+    np.testing.assert_allclose(float(layer.strength.numpy()), schedule.strength(9), rtol=1e-6)
+
+
+def test_convert_to_records_and_train_on_them(tmp_path):
+    out = str(tmp_path / "records")
+    sets = tiny_overrides(str(tmp_path / "unused"))
+    args = [a for s in sets for a in ("--set", s)]
+    result = run_cli("-m", "tf_xmr.data", "convert", "--config", "configs/acmr.yaml", "--out", out, *args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(os.path.join(out, "dataset.json")) as handle:
+        sidecar = json.load(handle)
+    assert sidecar["dims"] == {"image": 48, "text": 24}
+    # Training streams the records through the same make_dataset() pipeline.
+    run_dir = str(tmp_path / "run")
+    config = load_experiment(
+        "configs/acmr.yaml",
+        tiny_overrides(run_dir, epochs=1, extra=["data.source=records", f"data.root={out}",
+                                                "train.jit_compile=false", "export.enabled=false"]),
+    )
+    result = trainer.train(config)
+    assert result.metrics["data"]["loader"] == "records"
+    counts = result.metrics["data"]
+    assert 0.0 <= result.metrics["test"]["map_avg"] <= 1.0 and counts
