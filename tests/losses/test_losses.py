@@ -20,7 +20,8 @@ def _loop_structure_loss(image, text, labels, margin, lam, positives, reduction)
             pos_d = [np.linalg.norm(anchors[i] - others[j]) for j in pos]
             neg_h = [max(0.0, margin - np.linalg.norm(anchors[i] - others[j])) for j in neg]
             if reduction == "sum":
-                per_anchor.append(sum(pos_d) + lam * sum(neg_h))
+                # Literal: sum over every (positive j, negative k) triplet of d(i, j) + lam * hinge(i, k).
+                per_anchor.append(sum(d + lam * h for d in pos_d for h in neg_h))
             else:
                 per_anchor.append(np.mean(pos_d) + lam * (np.mean(neg_h) if neg_h else 0.0))
         total += sum(per_anchor) if reduction == "sum" else np.mean(per_anchor)

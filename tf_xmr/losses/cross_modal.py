@@ -22,7 +22,13 @@ def _one_direction(distances, positive_mask, negative_mask, margin, negative_wei
         per_anchor = pos_term + negative_weight * neg_term
         return tf.reduce_mean(per_anchor) if reduction == "mean" else tf.reduce_sum(per_anchor)
     if reduction == "sum":
-        return tf.reduce_sum(distances * positive_mask) + negative_weight * tf.reduce_sum(hinge * negative_mask)
+        # The literal triple sum over (anchor i, positive j, negative k) of d(i, j) + lambda * hinge(i, k): each
+        # positive distance is counted once per negative of the anchor and each hinge once per positive.
+        n_pos = tf.reduce_sum(positive_mask, axis=1)
+        n_neg = tf.reduce_sum(negative_mask, axis=1)
+        pos_sum = tf.reduce_sum(distances * positive_mask, axis=1)
+        neg_sum = tf.reduce_sum(hinge * negative_mask, axis=1)
+        return tf.reduce_sum(n_neg * pos_sum + negative_weight * n_pos * neg_sum)
     # "Triplet-mean": mean over each anchor's positives and negatives, then over anchors, so the loss scale does not
     # depend on how many same-class items happen to share the batch.
     n_pos = tf.maximum(tf.reduce_sum(positive_mask, axis=1), 1.0)
@@ -65,7 +71,8 @@ def acmr_structure_loss(
         mining: ``"all"`` (every valid triplet) or ``"hard"`` (farthest positive, closest negative per anchor).
         positives: ``"label"`` or ``"paired"``.
         reduction: ``"mean"``: per anchor, mean over its positives plus lambda times mean over its negatives, then
-            mean over anchors; ``"sum"``: the literal triple sum of the equations.
+            mean over anchors (= the literal triple sum divided by each anchor's triplet count, so the scale does
+            not depend on batch composition); ``"sum"``: the literal triple sum of the equations.
 
     Returns:
         Scalar loss ``L_imi`` (both directions added, as Eq. 6).
