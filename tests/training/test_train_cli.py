@@ -170,3 +170,26 @@ def test_export_dimension_mismatch_is_a_one_line_error(finished_run):
     result = run_cli("evaluate.py", "--run-dir", run_dir, "--set", "data.synthetic.dims={image: 50, text: 24}")
     assert result.returncode == 2
     assert "48" in result.stderr and "50" in result.stderr and "Traceback" not in result.stderr
+
+
+def _scalar_tags(log_dir):
+    import tensorflow as tf
+
+    tags = set()
+    for path in tf.io.gfile.glob(os.path.join(log_dir, "*", "events.out.tfevents*")):
+        sub = os.path.basename(os.path.dirname(path))
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tags.add(f"{sub}/{value.tag}")
+    return tags
+
+
+def test_tensorboard_logs_every_loss_term(finished_run):
+    run_dir, _ = finished_run
+    tags = _scalar_tags(os.path.join(run_dir, "logs"))
+    expected = {f"train/epoch_embedding_{t}" for t in ("loss", "imi", "imd", "reg", "adv", "modality_accuracy")}
+    expected |= {"train/epoch_discriminator_loss", "train/epoch_discriminator_accuracy",
+                 "train/epoch_learning_rate_embedding", "train/epoch_learning_rate_discriminator",
+                 "train/epoch_grl_strength", "validation/epoch_map_i2t", "validation/epoch_map_t2i",
+                 "validation/epoch_map_avg"}
+    assert expected <= tags, sorted(expected - tags)
