@@ -151,6 +151,9 @@ class ACMR(AdversarialModel):
     def gradient_reversal_layers(self):
         return [self.gradient_reversal]
 
+    def gradient_reversal_schedule(self):
+        return self.config.grl_schedule, self.config.adv_weight
+
     def _classifier_modules(self):
         # The shared classifier appears once, so its variables are not updated twice.
         return tuple({id(c): c for c in self.label_classifiers.values()}.values())

@@ -97,6 +97,10 @@ class CrossModalModel(keras.Model):
         """Gradient reversal layers whose strength a schedule callback should drive; none by default."""
         return []
 
+    def gradient_reversal_schedule(self) -> tuple[str, float]:
+        """``(schedule, max_strength)`` for ``gradient_reversal_layers``: ``"constant"`` or ``"dann"``."""
+        return "constant", 1.0
+
     def build_for_training(self) -> None:
         """Create every variable before ``fit`` (optimiser slots cannot be created inside a compiled branch)."""
         dummy = {m: tf.zeros((2, self.spec.dims[m])) for m in self.modalities}

@@ -269,13 +269,13 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
     nan_guard = cb.StopOnNonFinite()
     callbacks = [nan_guard, cb.TrainingStateLogger(model.player_optimizers, grl_layers), validation]
     if grl_layers:
-        model_cfg = config.model
+        schedule, max_strength = model.gradient_reversal_schedule()
         callbacks.insert(
             0,
             cb.GradientReversalSchedule(
                 grl_layers,
-                schedule=getattr(model_cfg, "grl_schedule", "constant"),
-                max_strength=getattr(model_cfg, "adv_weight", 1.0),
+                schedule=schedule,
+                max_strength=max_strength,
                 total_epochs=config.train.epochs,
                 steps_per_epoch=steps_per_epoch,
             ),
