@@ -85,6 +85,9 @@ COVERED = {
     "python train.py --config configs/acmr.yaml --set data.source=records --set data.root=/tmp/acmr-records "
     "--set train.epochs=3": "test_records_commands",
     "python benchmarks/map_speed.py --quick": "test_benchmark_commands",
+    "python benchmarks/seeds.py --config configs/wikipedia/acmr.yaml --seeds 0 1 2 "
+    "--set data.root=../shared/data/wikipedia": "test_wikipedia_result_commands",
+    "python benchmarks/synthetic_baseline.py --wikipedia ../shared/data/wikipedia": "test_wikipedia_result_commands",
     "python benchmarks/synthetic_baseline.py": "test_benchmark_commands",
 }
 
@@ -189,6 +192,19 @@ def test_benchmark_commands():
         result = _run_readme(command, {})
         assert result.returncode == 0, (command, result.stderr[-2000:])
         assert "mAP" in result.stdout or "map" in result.stdout.lower()
+
+
+def test_wikipedia_result_commands(tmp_path):
+    root = wikipedia_root_or_skip()
+    seeds, baseline = [c for c, t in COVERED.items() if t == "test_wikipedia_result_commands"]
+    # The full 200-epoch runs take minutes each; CI runs the same script with 2 epochs per seed.
+    result = _run_readme(seeds + f" --set train.epochs=2 --out {tmp_path / 'seeds'}",
+                         {"../shared/data/wikipedia": root})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| mean |" in result.stdout and "| std |" in result.stdout and "acmr_demo" in result.stdout
+    result = _run_readme(baseline, {"../shared/data/wikipedia": root})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "i2t" in result.stdout
 
 
 def test_every_readme_command_is_exercised():
