@@ -46,8 +46,12 @@ VARIANTS = {
 DEFAULT_VARIANTS = ("full", "no_common", "no_synthetic", "softmax")
 
 
-def run_one(run_dir: str, seed: int, epochs: int | None, data_root: str, overrides: list[str]) -> dict:
-    """Train one (variant, seed) through train.py unless ``run_dir`` already holds a finished run."""
+def run_one(run_dir: str, seed: int, epochs: int | None, data_root: str, overrides: list[str]) -> dict | None:
+    """Train one (variant, seed) through train.py unless ``run_dir`` already holds a finished run.
+
+    Returns:
+        The run's metrics.json, or None if training failed (e.g. stopped on a non-finite loss); the reason is printed.
+    """
     metrics_path = os.path.join(run_dir, "metrics.json")
     if not os.path.exists(metrics_path):
         if os.path.exists(run_dir):
@@ -60,7 +64,8 @@ def run_one(run_dir: str, seed: int, epochs: int | None, data_root: str, overrid
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "3")}
         result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
         if result.returncode != 0:
-            raise SystemExit(f"run failed ({' '.join(command)}):\n{result.stderr[-3000:]}")
+            print(f"run failed ({' '.join(command)}):\n{result.stderr[-2000:]}", file=sys.stderr, flush=True)
+            return None
     with open(metrics_path, encoding="utf-8") as handle:
         return json.load(handle)
 
@@ -92,11 +97,13 @@ def main(argv=None) -> int:
                 t0 = time.perf_counter()
                 metrics = run_one(os.path.join(out_dir, f"{name}-seed{seed}"), seed, args.epochs, data_root,
                                   overrides)
+                if metrics is None:
+                    continue
                 per_seed.append(metrics)
                 print(f"[{name} seed {seed}] test avg {metrics['test']['map_avg']:.4f} "
                       f"(val {metrics['val']['map_avg']:.4f}, best epoch {metrics['val']['best_epoch']}) "
                       f"{time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
-            rows.append((label, per_seed, paper))
+            rows.append((label, per_seed, paper, len(args.seeds) - len(per_seed)))
     finally:
         if args.out_dir is None:
             shutil.rmtree(out_dir, ignore_errors=True)
@@ -116,7 +123,12 @@ def main(argv=None) -> int:
     print("| variant | mAP i2t | mAP t2i | mAP avg | mAP@50 i2t | mAP@50 t2i | mAP@50 avg | val mAP avg "
           "| paper Table 3 mAP@50 (i2t / t2i / avg) |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for label, per_seed, paper in rows:
+    for label, per_seed, paper, failed in rows:
+        if failed:
+            label = f"{label} ({failed} of {len(args.seeds)} runs failed)"
+        if not per_seed:
+            print(f"| {label} |" + " - |" * 8)
+            continue
         demo = ("presets", "acmr_demo", "test")
         cells = [column(per_seed, "test", k) for k in ("map_i2t", "map_t2i", "map_avg")]
         cells += [column(per_seed, *demo, k) for k in ("map_i2t", "map_t2i", "map_avg")]

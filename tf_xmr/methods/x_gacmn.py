@@ -137,7 +137,9 @@ class XGACMN(AdversarialModel):
     def __init__(self, config: XGACMNConfig, spec: DataSpec, **kwargs):
         super().__init__(spec, name="x_gacmn", **kwargs)
         if len(spec.modalities) != 2:
-            raise ConfigError(f"X-GACMN needs exactly two modalities (image, text), the data has {list(spec.modalities)}")
+            raise ConfigError(
+                f"X-GACMN needs exactly two modalities (image, text); the data has {list(spec.modalities)}"
+            )
         self.config = config
         self.image_modality, self.text_modality = spec.modalities
         self.other = {self.image_modality: self.text_modality, self.text_modality: self.image_modality}
