@@ -56,6 +56,8 @@ class Player:
         every: the player updates on global steps where ``step % every == every - 1``; ACMR's Algorithm 1 uses
             ``every=k`` for the modality classifier (k embedding steps, then one discriminator step on the last batch).
         learning_rate_scale: multiplies the configured learning rate (ACMR's lambda_D, Algorithm 1 line 8).
+        repeats: consecutive updates on the same batch whenever the player updates (WGAN-GP's n_critic critic steps
+            per generator step, JFSE Algorithm 1 lines 3-5); each repeat recomputes the losses (fresh noise).
     """
 
     name: str
@@ -63,6 +65,7 @@ class Player:
     losses: tuple[str, ...] = ("loss",)
     every: int = 1
     learning_rate_scale: float = 1.0
+    repeats: int = 1
 
     @property
     def variables(self) -> list:
@@ -179,10 +182,12 @@ class AdversarialModel(CrossModalModel):
         step = self.schedule_step
         for player in self._players:
             if player.every == 1:
-                self._update(player, data)
+                for _ in range(player.repeats):
+                    self._update(player, data)
             else:
                 def update(p=player):
-                    self._update(p, data)
+                    for _ in range(p.repeats):
+                        self._update(p, data)
                     return tf.constant(True)
 
                 tf.cond(tf.equal(step % player.every, player.every - 1), update, lambda: tf.constant(False))
