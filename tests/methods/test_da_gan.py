@@ -1,0 +1,241 @@
+"""DA-GAN: retrieval-time encoders use only the query's features, player ownership, grouping through fit, attention
+wiring, generator signs, the sequence text path, config errors, and one tiny run of configs/da_gan.yaml."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import ROOT, run_cli
+from tf_xmr.config import from_dict
+from tf_xmr.config.schema import OptimizerConfig, load_experiment
+from tf_xmr.data.grouping import group_key
+from tf_xmr.errors import ConfigError
+from tf_xmr.methods.base import DataSpec
+from tf_xmr.methods.da_gan import DAGAN, DAGANConfig
+from tf_xmr.training.trainer import build_optimizer
+
+SPEC = DataSpec(modalities=("image", "text"), dims={"image": 16, "text": 6}, num_classes=3)
+TINY = {"feature_dim": 16, "common_dim": 8, "encoder_hidden": 8, "decoder_hidden": 8, "inter_discriminator_hidden": 4,
+        "intra_positions": 4, "inter_positions": 2, "group_size": 2}
+
+
+def _config(**overrides):
+    return from_dict(DAGANConfig, {**TINY, **overrides})
+
+
+def _batch(n=12, seed=0, groups=True):
+    rng = np.random.default_rng(seed)
+    batch = {
+        "image": tf.constant(rng.normal(size=(n, 16)).astype(np.float32)),
+        "text": tf.constant(rng.normal(size=(n, 6)).astype(np.float32)),
+        "labels": tf.constant(np.eye(3, dtype=np.float32)[np.arange(n) % 3]),
+    }
+    if groups:
+        batch[group_key("image")] = tf.constant(rng.normal(size=(n, 2, 16)).astype(np.float32))
+        batch[group_key("text")] = tf.constant(rng.normal(size=(n, 2, 6)).astype(np.float32))
+    return batch
+
+
+def _compiled(config, spec=SPEC, run_eagerly=False):
+    model = DAGAN(config, spec)
+    model.build_for_training()
+    # Eager fits keep these seconds-long tests free of graph tracing; the CLI test below runs the compiled step.
+    model.compile(optimizers={p.name: build_optimizer(OptimizerConfig(learning_rate=1e-2)) for p in model.players()},
+                  run_eagerly=run_eagerly)
+    return model
+
+
+def _ids(variables):
+    return {id(v) for v in variables}
+
+
+def _train_prototypes(model, steps=3):
+    for _ in range(steps):
+        model.player_losses("generator", _batch(), training=True)
+
+
+@pytest.mark.parametrize("intra,inter", [("prototype_soft", "none"), ("prototype_nearest", "prototype_soft"),
+                                         ("self", "self")])
+def test_retrieval_encoders_use_only_the_query_features(intra, inter):
+    model = _compiled(_config(retrieval_intra_reference=intra, retrieval_inter_reference=inter))
+    _train_prototypes(model)
+    batch = _batch()
+    for m in ("image", "text"):
+        whole = model.encoders[m](batch[m]).numpy()
+        assert whole.shape == (12, 8)
+        # One query alone embeds exactly as inside a batch: no label, partner or other item is used.
+        alone = np.concatenate([model.encoders[m](batch[m][i:i + 1]).numpy() for i in range(12)])
+        np.testing.assert_allclose(alone, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_retrieval_form_differs_from_training_form_only_through_the_references():
+    model = _compiled(_config(retrieval_intra_reference="self", use_inter_attention=False))
+    batch = _batch(groups=False)
+    # Without groups the training form uses the item itself as reference: the same as the "self" retrieval encoder.
+    trained = model.training_form(batch)["common"]
+    for m in ("image", "text"):
+        np.testing.assert_allclose(model.encoders[m](batch[m]).numpy(), trained[m].numpy(), rtol=1e-5, atol=1e-6)
+    grouped = model.training_form(_batch())["common"]
+    assert not np.allclose(grouped["image"].numpy(), trained["image"].numpy())
+
+
+def test_attention_switches_and_inter_attention_uses_the_partner():
+    both = _compiled(_config())
+    batch = _batch()
+    out = both.training_form(batch)
+    swapped = dict(batch, text=tf.reverse(batch["text"], axis=[0]))
+    out2 = both.training_form(swapped)
+    # F_I does not see the text; F'_I does (inter-attention with the paired item).
+    np.testing.assert_allclose(out["common"]["image"].numpy(), out2["common"]["image"].numpy(), atol=1e-6)
+    assert not np.allclose(out["attention_common"]["image"].numpy(), out2["attention_common"]["image"].numpy())
+
+    plain = _compiled(_config(use_intra_attention=False, use_inter_attention=False))
+    assert not plain.intra and not plain.inter and not plain.needs_groups()
+    out = plain.training_form(batch)
+    np.testing.assert_allclose(out["attended"]["image"].numpy(), out["zeta"]["image"].numpy())
+    np.testing.assert_allclose(out["attention_common"]["text"].numpy(), out["common"]["text"].numpy())
+    # The group changes zeta' only when intra-attention is on.
+    other_groups = dict(batch, image_group=batch["image_group"] * -3.0)
+    np.testing.assert_allclose(plain.training_form(other_groups)["common"]["image"].numpy(),
+                               out["common"]["image"].numpy())
+    assert not np.allclose(both.training_form(other_groups)["attended"]["image"].numpy(),
+                           both.training_form(batch)["attended"]["image"].numpy())
+
+
+def test_players_own_their_submodels_and_the_second_encoder_layer_is_shared():
+    model = _compiled(_config())
+    generator, discriminator = model.players()
+    gen, disc = _ids(generator.variables), _ids(discriminator.variables)
+    assert not gen & disc and len(gen) == len(generator.variables)
+    expected_disc = [v for m in ("image", "text") for d in (model.intra_discriminators[m],
+                                                            model.inter_discriminators[m])
+                     for v in d.trainable_variables]
+    assert disc == _ids(expected_disc)
+    assert _ids(model.shared_layer.trainable_variables) <= gen
+    for m in ("image", "text"):
+        for part in (model.feature_nets[m], model.intra[m], model.inter[m], model.first_layers[m], model.decoders[m],
+                     model.classifiers[m]):
+            assert _ids(part.trainable_variables) <= gen
+        # The encoders hold the same shared layer object, not a copy.
+        assert model.encoders[m].shared_layer is model.shared_layer
+    assert _ids(model.trainable_variables) == gen | disc
+    # Class prototypes are weights (checkpointed, exported) but nobody's gradient target.
+    assert not _ids([model.zeta_prototypes["image"].prototypes]) & (gen | disc)
+
+
+def test_generator_signs_and_discriminator_pairings():
+    batch = _batch()
+    fixed = _compiled(_config())
+    literal = _compiled(_config(generator_loss="literal"))
+    literal.set_weights(fixed.get_weights())
+    a = fixed.player_losses("generator", batch, training=False)
+    b = literal.player_losses("generator", batch, training=False)
+    # Eqs. 30-31 as printed descend on log D(fake) = -BCE(D(fake), 1): exactly the negated non-saturating terms.
+    for key in ("gan1_image", "gan1_text", "gan2_image", "gan2_text"):
+        assert float(a[key]) > 0
+        np.testing.assert_allclose(float(b[key]), -float(a[key]), rtol=1e-5)
+    # The image embedding is scored by the TEXT inter discriminator (D^_T), whose "real" is text.
+    forward = fixed.training_form(batch)
+    logits = fixed.inter_discriminators["text"](forward["attention_common"]["image"])
+    expected = float(tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(tf.ones_like(logits), logits)))
+    np.testing.assert_allclose(float(a["gan2_image"]), expected, rtol=1e-5)
+    d = fixed.player_losses("discriminator", batch, training=False)
+    for key in ("intra_image_accuracy", "inter_text_accuracy"):
+        assert 0.0 <= float(d[key]) <= 1.0
+
+
+def test_fit_draws_groups_in_the_pipeline_and_learns_prototypes():
+    model = _compiled(_config(adversarial_warmup_steps=1), run_eagerly=True)
+    batch = _batch(n=24, groups=False)
+    ds = tf.data.Dataset.from_tensor_slices(batch).shuffle(24, seed=0).batch(8)
+    grouped = model.grouped_dataset(ds, seed=1)
+    element = next(iter(grouped))
+    assert element[group_key("image")].shape == (8, 2, 16)
+    history = model.fit(ds, epochs=2, verbose=0)
+    assert np.isfinite(history.history["generator_loss"][-1])
+    assert "discriminator_inter_image_accuracy" in history.history
+    np.testing.assert_allclose(model.zeta_prototypes["image"].seen.numpy(), 1.0)
+    assert int(model.schedule_step.numpy()) == 6
+
+
+def test_sequence_text_path_from_gensim_word_vectors(tmp_path):
+    from gensim.models import Word2Vec
+
+    from tf_xmr.data.word_vectors import texts_to_ids
+
+    rng = np.random.default_rng(0)
+    vocab = [["sun", "sky", "light"], ["sea", "wave", "salt"], ["rock", "stone", "hill"]]
+    labels = rng.integers(0, 3, size=18)
+    texts = [list(rng.choice(vocab[c], size=6)) for c in labels]
+    w2v = Word2Vec(texts, vector_size=8, window=2, min_count=1, sg=1, seed=0, workers=1, epochs=5)
+    path = str(tmp_path / "words.kv")
+    w2v.wv.save(path)
+    ids = texts_to_ids(texts + [["unknown", "sun"]], w2v.wv, length=7)
+    assert ids.shape == (19, 7) and ids[-1, 0] == w2v.wv.key_to_index["sun"] + 1 and ids[-1, 1] == 0
+
+    spec = DataSpec(("image", "text"), {"image": 16, "text": 7}, 3)
+    model = _compiled(_config(text_encoder="sequence", word_vectors=path, lstm_units=3, text_filters=5), spec,
+                      run_eagerly=True)
+    embedding = model.feature_nets["text"].get_layer("word_embedding").embeddings.numpy()
+    np.testing.assert_allclose(embedding[1 + w2v.wv.key_to_index["sea"]], w2v.wv["sea"], rtol=1e-6)
+    np.testing.assert_allclose(embedding[0], 0.0)
+    data = {"image": rng.normal(size=(18, 16)).astype(np.float32), "text": ids[:18],
+            "labels": np.eye(3, dtype=np.float32)[labels]}
+    model.fit(tf.data.Dataset.from_tensor_slices(data).batch(6), epochs=1, verbose=0)
+    assert model.encoders["text"](ids[:4]).shape == (4, 8)
+    assert model.training_form({**data, "text": ids[:18]})["zeta"]["text"].shape == (18, 16)
+
+    with pytest.raises(ConfigError, match="word_vectors"):
+        DAGAN(_config(text_encoder="sequence"), spec)
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ConfigError, match="intra_positions"):
+        DAGAN(_config(intra_positions=5), SPEC)
+    with pytest.raises(ConfigError, match="feature_adapter"):
+        DAGAN(_config(feature_adapter="identity"), SPEC)  # text has 6 columns, feature_dim 16
+    with pytest.raises(ConfigError, match="retrieval_intra_reference.*prototype_soft"):
+        _config(retrieval_intra_reference="label")
+    with pytest.raises(ConfigError, match="group_size"):
+        _config(group_size=0)
+    with pytest.raises(ConfigError, match="exactly two modalities"):
+        DAGAN(_config(), DataSpec(("a", "b", "c"), {"a": 16, "b": 16, "c": 16}, 2))
+
+
+def test_shipped_configs_load():
+    for path in ("configs/da_gan.yaml", "configs/wikipedia/da_gan.yaml"):
+        config = load_experiment(os.path.join(ROOT, path))
+        assert config.method == "da_gan" and isinstance(config.model, DAGANConfig)
+        assert set(config.train.optimizers) == {"generator", "discriminator"}
+        assert config.model.retrieval_intra_reference.startswith("prototype")
+
+
+def test_train_cli_end_to_end_and_export_round_trip(tmp_path):
+    run_dir = str(tmp_path / "da_gan")
+    overrides = [
+        f"run_dir={run_dir}", "train.epochs=2", "train.backup=false", "train.verbose=2", "train.batch_size=32", "train.jit_compile=false",
+        "data.synthetic.dims={image: 32, text: 12}", "data.synthetic.num_train=200", "data.synthetic.num_test=60",
+        "data.synthetic.num_classes=4", *[f"model.{k}={v}" for k, v in {**TINY, "feature_dim": 32}.items()],
+    ]
+    result = run_cli("train.py", "--config", "configs/da_gan.yaml", *[a for o in overrides for a in ("--set", o)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(run_dir, "metrics.json")) as handle:
+        metrics = json.load(handle)
+    assert metrics["method"] == "da_gan" and 0.0 <= metrics["test"]["map_avg"] <= 1.0
+    for key in ("generator_semantic_image", "generator_gan2_text", "discriminator_intra_image_accuracy"):
+        assert key in result.stdout, key
+
+    # The exported encoder (prototypes baked in) equals the Keras retrieval encoder of the selected checkpoint.
+    from tf_xmr.export import load_exported
+    from tf_xmr.training.trainer import build_model, data_spec, load_data
+
+    config = load_experiment(os.path.join(ROOT, "configs/da_gan.yaml"), overrides)
+    model = build_model(config, data_spec(config, load_data(config)))
+    model.load_weights(os.path.join(run_dir, "checkpoints", "best.weights.h5"))
+    assert float(np.abs(model.zeta_prototypes["image"].prototypes.numpy()).sum()) > 0
+    features = np.random.default_rng(1).normal(size=(5, 32)).astype(np.float32)
+    exported = load_exported(run_dir, "image")
+    np.testing.assert_allclose(exported(features).numpy(), model.encoders["image"](features).numpy(), atol=1e-5)
