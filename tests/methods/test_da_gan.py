@@ -160,6 +160,18 @@ def test_fit_draws_groups_in_the_pipeline_and_learns_prototypes():
     np.testing.assert_allclose(model.zeta_prototypes["image"].seen.numpy(), 1.0)
     assert int(model.schedule_step.numpy()) == 6
 
+    # The upper bound embeds a split in the training-time form: true-class groups from the pool split, F' with the
+    # true partner; it is what training_form gives for those groups.
+    from tf_xmr.data import Split
+    from tf_xmr.methods.da_gan import upper_bound_embeddings
+
+    split = Split({m: batch[m].numpy() for m in ("image", "text")},
+                  {m: batch["labels"].numpy().argmax(1) for m in ("image", "text")})
+    embeddings, labels = upper_bound_embeddings(model, split, split, 3, seed=0, batch_size=10)
+    assert embeddings["image"].shape == (24, 8) and labels["text"].shape == (24, 3)
+    again, _ = upper_bound_embeddings(model, split, split, 3, seed=0, batch_size=7)
+    np.testing.assert_allclose(again["text"], embeddings["text"], rtol=1e-5, atol=1e-6)
+
 
 def test_sequence_text_path_from_gensim_word_vectors(tmp_path):
     from gensim.models import Word2Vec

@@ -483,3 +483,45 @@ def _binary_discriminator(real_logits, fake_logits):
     loss = binary_cross_entropy_with_logits(1.0, real_logits) + binary_cross_entropy_with_logits(0.0, fake_logits)
     correct = tf.concat([tf.reshape(real_logits > 0, [-1]), tf.reshape(fake_logits <= 0, [-1])], axis=0)
     return loss, tf.reduce_mean(tf.cast(correct, tf.float32))
+
+
+def upper_bound_embeddings(model: DAGAN, split, pool_split, num_classes: int, *, seed: int = 0,
+                           batch_size: int = 256):
+    """Embeddings of a split in the paper's TRAINING-time form, which needs what retrieval does not have.
+
+    zeta_bar comes from ``group_size`` items of ``pool_split`` (the training split) of each item's TRUE class, and
+    inter-attention uses each item's TRUE partner (F'). Scoring these gives an upper bound for the honest
+    retrieval-time encoders (``model.encoders``); it leaks the relevance labels and the pairing and is never a
+    retrieval result.
+
+    Args:
+        model: a trained ``DAGAN``.
+        split: a paired in-memory split to embed (e.g. the test split).
+        pool_split: the split the groups are drawn from (the training split).
+        num_classes: c.
+        seed: seed of the group draws.
+        batch_size: rows per forward pass.
+
+    Returns:
+        ``(embeddings, labels)``: modality -> (n, common_dim) F', modality -> (n, c) multi-hot labels.
+    """
+    import numpy as np
+
+    from tf_xmr.data.feature_set import to_multi_hot
+
+    modalities = model.modalities
+    labels = to_multi_hot(split.labels[modalities[0]], num_classes).astype(np.float32)
+    features = {m: np.asarray(split.features[m], np.float32) for m in modalities}
+    groups = {}
+    if model.needs_groups():
+        pools = SemanticGroups.from_split(pool_split, num_classes, modalities)
+        # The items are not in the pool, so there is nothing to exclude.
+        groups = pools.sample(features, labels, model.config.group_size, seed, exclude_anchor=False)
+    chunks = {m: [] for m in modalities}
+    for start in range(0, labels.shape[0], batch_size):
+        batch = {m: features[m][start:start + batch_size] for m in modalities}
+        batch.update({k: v[start:start + batch_size] for k, v in groups.items()})
+        out = model.training_form(batch, training=False)["attention_common"]
+        for m in modalities:
+            chunks[m].append(np.asarray(out[m]))
+    return {m: np.concatenate(c) for m, c in chunks.items()}, {m: labels for m in modalities}
