@@ -41,6 +41,20 @@ def run_encoders(run_dir: str, config, feature_set, source: str = "auto") -> tup
                     f"{m} features are {feature_set.dims[m]}-d"
                 )
         return encoders, "export (" + ", ".join(e.path for e in encoders.values()) + ")"
+    from tf_xmr.training.independent import run_modalities
+
+    if run_modalities(run_dir) is not None:
+        # Independent modality networks (e.g. SDML): one checkpoint per modality.
+        import tensorflow as tf
+
+        from tf_xmr.training.independent import load_networks, load_shared_state
+        from tf_xmr.training.trainer import data_spec
+
+        nets = load_networks(config, data_spec(config, feature_set), load_shared_state(run_dir), run_dir,
+                             feature_set.modalities)
+        encoders = {m: tf.function(lambda x, enc=net.encoder: enc(x, training=False), reduce_retracing=True)
+                    for m, net in nets.items()}
+        return encoders, f"checkpoints ({os.path.join(run_dir, 'modalities')})"
     best = os.path.join(run_dir, "checkpoints", "best.weights.h5")
     if not os.path.exists(best):
         raise ModelInputError(f"{run_dir} has neither exported encoders nor checkpoints/best.weights.h5")
@@ -65,8 +79,14 @@ def evaluate_run(run_dir: str, overrides=(), *, split: str = "test", preset: str
     from tf_xmr.metrics.evaluator import direction_name, directions, embed_split, score_embeddings
     from tf_xmr.training.trainer import load_data, protocol
 
+    from tf_xmr.training.independent import run_modalities
+
     config = load_run_config(run_dir, overrides)
     feature_set = load_data(config)
+    scored = run_modalities(run_dir)
+    if scored is not None and tuple(scored) != tuple(feature_set.modalities):
+        # A run that trained (or was extended to) a subset of the data's modalities scores exactly those.
+        feature_set = feature_set.select_modalities(scored)
     if split not in feature_set.splits:
         raise ConfigError(f"split {split!r} not in the data; it has {sorted(feature_set.splits)}")
     encoders, origin = run_encoders(run_dir, config, feature_set, source)

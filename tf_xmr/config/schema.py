@@ -37,6 +37,9 @@ class SyntheticDataConfig:
     multi_label: bool = False
     # Dimension of the emitted class-embedding matrix (for zero-shot methods).
     class_embedding_dim: int = cfg_field(50, ge=1)
+    # Modality -> share of the items it keeps (0, 1]; non-empty = unpaired splits with per-modality counts
+    # (PKU XMedia-like). Empty = paired.
+    modality_fractions: dict[str, float] = cfg_field(default_factory=dict, gt=0.0, le=1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +113,8 @@ class OptimizerConfig:
     # Adam's beta_1; GAN practice (and the ACMR demo code) uses 0.5.
     beta_1: float = cfg_field(0.5, ge=0.0, lt=1.0)
     beta_2: float = cfg_field(0.999, ge=0.0, lt=1.0)
+    # Adam/AdamW epsilon; the Keras default 1e-7 (PyTorch's is 1e-8, which ports of PyTorch code may want).
+    epsilon: float = cfg_field(1e-7, gt=0.0)
     # AdamW only; Keras scales it by the learning rate (unlike tensorflow-addons' AdamW).
     weight_decay: float = cfg_field(0.0, ge=0.0)
     # Gradient clipping by global norm; null disables it.
@@ -150,6 +155,11 @@ class TrainConfig:
     backup: bool = True
     # tf.config.experimental.enable_op_determinism(): bitwise-repeatable runs, somewhat slower.
     deterministic: bool = False
+    # Methods whose modality networks train independently (e.g. SDML): one worker process per modality network
+    # (true) or one network after the other in this process (false). Ignored by jointly trained methods.
+    parallel_modalities: bool = False
+    # Parallel workers at most; null = one per modality being trained. Each worker gets cores / workers threads.
+    max_workers: int | None = cfg_field(None, ge=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +196,9 @@ class ExperimentConfig:
     seed: int = cfg_field(0, ge=0)
     # Output folder; null = saved_models/<config name>-<timestamp>.
     run_dir: str | None = None
+    # A finished run of a method with independent modality networks (e.g. SDML) to extend: only the networks this
+    # config trains are added to it (in place); the stored networks and shared state are reused unchanged.
+    resume_from: str | None = None
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     # The method's own config dataclass (e.g. ACMRConfig); parsed according to `method`.
     model: Any = None

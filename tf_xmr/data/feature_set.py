@@ -453,6 +453,30 @@ class FeatureSet:
             "source": self.source,
         }
 
+    def select_modalities(self, modalities) -> "FeatureSet":
+        """The same feature set restricted to ``modalities`` (in the given order); in-memory splits only.
+
+        Raises:
+            DataError: a named modality is not in the feature set (the message lists what it has).
+        """
+        modalities = tuple(modalities)
+        missing = [m for m in modalities if m not in self.modalities]
+        if missing:
+            raise DataError(
+                f"feature set {self.name!r}{self._where()} has no modality {missing[0]!r} "
+                f"(has: {', '.join(self.modalities)})"
+            )
+        splits = {}
+        for name, split in self.splits.items():
+            if not isinstance(split, Split):
+                raise DataError(f"select_modalities needs in-memory splits; split {name!r} is streamed from records")
+            splits[name] = Split(
+                features={m: split.features[m] for m in modalities},
+                labels={m: split.labels[m] for m in modalities},
+                paired=split.paired,
+            )
+        return dataclasses.replace(self, modalities=modalities, splits=splits)
+
     def replace(self, **changes) -> "FeatureSet":
         """A shallow copy with some fields replaced (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)

@@ -48,6 +48,7 @@ def _load_features(data_config, seed: int):
             latent_dim=syn.latent_dim,
             multi_label=syn.multi_label,
             class_embedding_dim=syn.class_embedding_dim,
+            modality_fractions=dict(syn.modality_fractions) or None,
             seed=seed,
         )
     if source == "wikipedia":

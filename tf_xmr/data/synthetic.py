@@ -101,6 +101,7 @@ def make_synthetic(
     item_spread: float = 1.8,
     multi_label: bool = False,
     class_embedding_dim: int | None = 50,
+    modality_fractions: Mapping[str, float] | None = None,
     seed: int = 0,
 ) -> FeatureSet:
     """Build the synthetic cross-modal benchmark (see the module docstring for the generative story).
@@ -128,6 +129,10 @@ def make_synthetic(
             variance per dimension): larger means more overlap between classes.
         multi_label: items carry 1-3 classes (labels become float32 multi-hot (n, c)).
         class_embedding_dim: e, the dimension of the per-class semantic vectors; None or 0 for none.
+        modality_fractions: modality -> share in (0, 1] of each split's items that modality keeps (a seeded,
+            stratified subset drawn per modality and split), e.g. ``{"audio": 0.2}``; given at all, every split is
+            UNPAIRED (different item counts per modality, as in PKU XMedia). Modalities not listed keep all items.
+            Each modality's subset comes from its own seed stream, so adding a modality never changes the others.
         seed: everything is a deterministic function of the arguments.
 
     Returns:
@@ -147,6 +152,12 @@ def make_synthetic(
             f"make_synthetic: need num_train >= 2*num_classes and num_test >= num_classes, "
             f"got {num_train}/{num_test} for {num_classes} classes"
         )
+    fractions = dict(modality_fractions or {})
+    for m, f in fractions.items():
+        if m not in dims:
+            raise DataError(f"make_synthetic: modality_fractions names {m!r}, which is not among the modalities {list(dims)}")
+        if not 0.0 < float(f) <= 1.0:
+            raise DataError(f"make_synthetic: modality_fractions[{m!r}] must be in (0, 1], got {f}")
     if latent_dim < 1 or noise < 0 or item_spread < 0:
         raise DataError(f"make_synthetic: latent_dim >= 1, noise >= 0, item_spread >= 0 required")
 
@@ -184,6 +195,8 @@ def make_synthetic(
     else:
         splits = {"train": train}
     splits["test"] = make_split(s_test, num_test, 1)
+    if modality_fractions is not None:
+        splits = _unpair(splits, fractions, dims, seed)
 
     class_embeddings = None
     if embed_map is not None:
@@ -199,6 +212,26 @@ def make_synthetic(
         class_embeddings=class_embeddings,
         source=f"make_synthetic(seed={seed})",
     ).validate()
+
+
+def _unpair(splits: dict, fractions: Mapping[str, float], dims: Mapping[str, int], seed: int) -> dict:
+    """Each modality keeps its own stratified subset of every split's items; the splits become unpaired."""
+    from tf_xmr.data.feature_set import stratified_split
+
+    out = {}
+    for s_index, (name, split) in enumerate(splits.items()):
+        features, labels = {}, {}
+        for m_index, m in enumerate(dims):
+            x, y = split.features[m], split.labels[m]
+            fraction = float(fractions.get(m, 1.0))
+            if fraction < 1.0:
+                # Seeded by (seed, split, modality position): independent of the other modalities' fractions.
+                keep_seed = int(np.random.SeedSequence([int(seed), s_index, m_index]).generate_state(1)[0])
+                _, held = stratified_split(y, fraction, keep_seed)
+                x, y = x[held], y[held]
+            features[m], labels[m] = x, y
+        out[name] = Split(features=features, labels=labels, paired=False)
+    return out
 
 
 __all__ = ["make_synthetic", "DEFAULT_DIMS"]

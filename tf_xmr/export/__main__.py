@@ -20,6 +20,21 @@ def main() -> int:
     from tf_xmr.training.trainer import build_model, data_spec, load_data
 
     config = load_run_config(args.run_dir)
+    from tf_xmr.training.independent import run_modalities
+
+    if run_modalities(args.run_dir) is not None:
+        # Independent modality networks (e.g. SDML): each modality's own best checkpoint.
+        from tf_xmr.export import encoder_dir, export_encoder
+        from tf_xmr.training.independent import load_networks, load_shared_state
+
+        feature_set = load_data(config).select_modalities(run_modalities(args.run_dir))
+        nets = load_networks(config, data_spec(config, feature_set), load_shared_state(args.run_dir), args.run_dir,
+                             feature_set.modalities)
+        for modality, net in nets.items():
+            path = export_encoder(net.encoder, encoder_dir(args.run_dir, modality),
+                                  input_dim=int(feature_set.dims[modality]), l2_normalize=config.export.l2_normalize)
+            print(f"{modality}: {path}")
+        return 0
     best = os.path.join(args.run_dir, "checkpoints", "best.weights.h5")
     if not os.path.exists(best):
         raise ModelInputError(f"{args.run_dir} has no checkpoints/best.weights.h5 to export")

@@ -3,6 +3,7 @@
 from tf_xmr.methods import acmr  # noqa: F401
 from tf_xmr.methods import da_gan  # noqa: F401
 from tf_xmr.methods import jfse  # noqa: F401
+from tf_xmr.methods import sdml  # noqa: F401
 from tf_xmr.methods import x_gacmn  # noqa: F401
 from tf_xmr.methods.registry import MethodSpec, get_method, register_method, registered_methods
 

@@ -193,3 +193,42 @@ class AdversarialModel(CrossModalModel):
                 tf.cond(tf.equal(step % player.every, player.every - 1), update, lambda: tf.constant(False))
         step.assign_add(1)
         return {tracker.name: tracker.result() for tracker in self.metrics}
+
+
+class IndependentModalities:
+    """Opt-in contract for methods whose modality networks share no trainable weights (SDML).
+
+    A model class that inherits this mixin is trained by ``tf_xmr.training.independent`` instead of one joint
+    ``fit``: every modality gets its own network (built by ``modality_model``), its own optimiser
+    (``train.optimizers.<modality>``, else ``train.optimizers.default``), its own ``fit`` and its own checkpoint,
+    chosen on its own ``validation_loss`` (lower is better). Networks train one after another or in separate worker
+    processes (``train.parallel_modalities``), and a finished run can be extended with new modalities
+    (``resume_from``) without touching the stored networks. What the networks do share is fixed, untrained state
+    (SDML's projection P), created once per run by ``create_shared_state``, saved with the run and reloaded for every
+    later modality.
+
+    A modality network is a ``keras.Model`` that trains with plain ``fit`` (it overrides ``compute_loss``) on
+    batches ``{modality: (b, d), "labels": (b, c)}``, and has an ``encoder`` attribute (raw features (b, d) ->
+    embeddings (b, d_common), what is scored and exported) and a ``validation_loss(dataset) -> float`` method.
+    """
+
+    independent_modalities = True
+
+    @classmethod
+    def create_shared_state(cls, config, spec: DataSpec, seed: int) -> dict[str, np.ndarray]:
+        """Fixed arrays every modality network of a run uses (never trained); ``{}`` if none."""
+        return {}
+
+    @classmethod
+    def check_shared_state(cls, config, spec: DataSpec, state: Mapping[str, np.ndarray], source: str) -> None:
+        """Raise ``ConfigError`` naming ``source`` when stored shared state does not fit this config and data."""
+
+    @classmethod
+    def modalities_to_train(cls, config, available: Sequence[str]) -> tuple[str, ...] | None:
+        """The modalities whose networks this run trains; ``None`` = every modality not trained yet."""
+        return None
+
+    @classmethod
+    def modality_model(cls, config, spec: DataSpec, modality: str, state: Mapping[str, np.ndarray]) -> keras.Model:
+        """A fresh, built network for ``modality`` (see the class docstring for its contract)."""
+        raise NotImplementedError

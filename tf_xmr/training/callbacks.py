@@ -44,11 +44,17 @@ class RetrievalValidation(keras.callbacks.Callback):
         patience: stop after this many evaluations without improvement of ``map_avg`` (0 disables early stopping).
         min_delta: an improvement must exceed this.
         total_epochs: ``fit``'s epoch count, to know the last epoch.
+        monitor: the key of ``evaluate``'s result that selects the checkpoint (``map_avg``; SDML: ``loss``).
+        mode: ``"max"`` (a retrieval score) or ``"min"`` (a validation loss).
     """
 
     def __init__(self, evaluate: Callable[[], dict], checkpoint_dir: str, *, every: int, patience: int,
-                 min_delta: float, total_epochs: int):
+                 min_delta: float, total_epochs: int, monitor: str = "map_avg", mode: str = "max"):
         super().__init__()
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.monitor = monitor
+        self.mode = mode
         self.evaluate = evaluate
         self.checkpoint_dir = checkpoint_dir
         self.every = every
@@ -73,15 +79,19 @@ class RetrievalValidation(keras.callbacks.Callback):
         scores = self.evaluate()
         for key, value in scores.items():
             logs[f"val_{key}"] = value
-        current = scores["map_avg"]
-        previous = None if self.best["val"] is None else self.best["val"]["map_avg"]
-        if previous is None or current > previous + self.min_delta:
+        current = scores[self.monitor]
+        previous = None if self.best["val"] is None else self.best["val"][self.monitor]
+        label = "validation mAP" if self.monitor == "map_avg" else f"validation {self.monitor}"
+        improved = previous is None or (
+            current > previous + self.min_delta if self.mode == "max" else current < previous - self.min_delta
+        )
+        if improved:
             atomic_save_weights(self.model, self.best_path)
             self.best = {"epoch": epoch + 1, "val": scores, "evaluations_since_best": 0}
-            log.info("epoch %d: validation mAP %.4f (best so far, checkpoint saved)", epoch + 1, current)
+            log.info("epoch %d: %s %.4f (best so far, checkpoint saved)", epoch + 1, label, current)
         else:
             self.best["evaluations_since_best"] += 1
-            log.info("epoch %d: validation mAP %.4f (best %.4f at epoch %d)", epoch + 1, current, previous,
+            log.info("epoch %d: %s %.4f (best %.4f at epoch %d)", epoch + 1, label, current, previous,
                      self.best["epoch"])
             if self.patience and self.best["evaluations_since_best"] >= self.patience:
                 log.info("early stopping: no improvement in %d evaluations", self.patience)

@@ -80,7 +80,7 @@ def build_optimizer(opt_cfg, learning_rate_scale: float = 1.0, name: str | None 
     if opt_cfg.clipnorm is not None:
         kwargs["global_clipnorm"] = opt_cfg.clipnorm
     if opt_cfg.name in ("adam", "adamw"):
-        kwargs.update(beta_1=opt_cfg.beta_1, beta_2=opt_cfg.beta_2)
+        kwargs.update(beta_1=opt_cfg.beta_1, beta_2=opt_cfg.beta_2, epsilon=opt_cfg.epsilon)
     if opt_cfg.name == "adamw":
         return keras.optimizers.AdamW(weight_decay=opt_cfg.weight_decay, **kwargs)
     if opt_cfg.name == "adam":
@@ -188,6 +188,21 @@ def prepare_run_dir(run_dir: str, config: ExperimentConfig) -> bool:
     return False
 
 
+def metrics_record(config: ExperimentConfig, feature_set, val: dict, test: dict, presets: dict, **extra) -> dict:
+    """What ``metrics.json`` holds: validation and test scores, the protocol, the presets, the run's identity."""
+    return {
+        "val": val,
+        "test": test,
+        "protocol": protocol(config).describe(),
+        "presets": {name: {"protocol": protocol(config, name).describe(), "test": scores}
+                    for name, scores in presets.items()},
+        "method": config.method,
+        "seed": config.seed,
+        **extra,
+        "data": {"loader": config.data.source, **feature_set.summary()},
+    }
+
+
 def _diff_keys(a, b, prefix=""):
     if isinstance(a, dict) and isinstance(b, dict):
         for key in set(a) | set(b):
@@ -216,6 +231,17 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
     Returns:
         ``RunResult`` with the run directory, the metrics written to ``metrics.json`` and the export paths.
     """
+    from tf_xmr.training.independent import is_independent, train_independent
+
+    if is_independent(config.method):
+        # The method opted into independent per-modality networks (IndependentModalities hook, e.g. SDML).
+        return train_independent(config, config_path=config_path)
+    if config.resume_from:
+        raise ConfigError(
+            f"resume_from is for methods whose modality networks train independently; {config.method!r} trains "
+            "all its networks jointly (to continue an interrupted run, rerun it with the same run_dir)"
+        )
+
     import keras
     import tensorflow as tf
 
@@ -303,16 +329,7 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
     presets = {
         name: score_split(encoders, feature_set, "test", config, preset=name) for name in config.eval.extra_presets
     }
-    metrics = {
-        "val": {**best["val"], "best_epoch": best["epoch"]},
-        "test": test_scores,
-        "protocol": protocol(config).describe(),
-        "presets": {name: {"protocol": protocol(config, name).describe(), "test": scores}
-                    for name, scores in presets.items()},
-        "method": config.method,
-        "seed": config.seed,
-        "data": {"loader": config.data.source, **feature_set.summary()},
-    }
+    metrics = metrics_record(config, feature_set, {**best["val"], "best_epoch": best["epoch"]}, test_scores, presets)
 
     exports = {}
     if config.export.enabled:
