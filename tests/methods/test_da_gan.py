@@ -228,7 +228,8 @@ def test_shipped_configs_load():
 def test_train_cli_end_to_end_and_export_round_trip(tmp_path):
     run_dir = str(tmp_path / "da_gan")
     overrides = [
-        f"run_dir={run_dir}", "train.epochs=2", "train.backup=false", "train.verbose=2", "train.batch_size=32", "train.jit_compile=false",
+        f"run_dir={run_dir}", "train.epochs=2", "train.backup=false", "train.verbose=2", "train.batch_size=32",
+        "train.jit_compile=false",
         "data.synthetic.dims={image: 32, text: 12}", "data.synthetic.num_train=200", "data.synthetic.num_test=60",
         "data.synthetic.num_classes=4", *[f"model.{k}={v}" for k, v in {**TINY, "feature_dim": 32}.items()],
     ]

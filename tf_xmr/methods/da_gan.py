@@ -217,7 +217,8 @@ class DAGAN(AdversarialModel):
     def __init__(self, config: DAGANConfig, spec: DataSpec, **kwargs):
         super().__init__(spec, name="da_gan", **kwargs)
         if len(spec.modalities) != 2:
-            raise ConfigError(f"DA-GAN needs exactly two modalities (image, text); the data has {list(spec.modalities)}")
+            raise ConfigError(
+                f"DA-GAN needs exactly two modalities (image, text); the data has {list(spec.modalities)}")
         cfg = self.config = config
         for key, width, positions in (("intra_positions", cfg.feature_dim, cfg.intra_positions),
                                       ("inter_positions", cfg.common_dim, cfg.inter_positions)):
