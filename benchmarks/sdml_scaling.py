@@ -1,0 +1,214 @@
+"""SDML's scalability claims (Tables 6-7 of the paper), measured on the 5-modality synthetic benchmark.
+
+    python benchmarks/sdml_scaling.py [--epochs 3] [--config configs/sdml_5modal.yaml] [--set KEY=VALUE ...]
+
+Prints three tables:
+
+1. Wall time of training the five networks one after another in one process (SDML-2) vs in parallel worker
+   processes (SDML-3: one per modality, and one per core), and of the joint model that trains all five in one graph
+   (SDML-1: one step = one batch of every modality, spec 12.18). Same epochs, same data, exports off.
+2. Peak memory (max RSS of a fresh process) of training one modality's network vs the joint model, with the RSS of a
+   process that only loaded TensorFlow and the data (the fixed runtime cost every process pays).
+3. Time to add a sixth modality to the finished five-modality run (resume_from) vs retraining all six.
+
+CPU-only: "memory" is the resident set of the process (the paper's numbers are GPU MiB from nvidia-smi), and the
+parallel speed-up is bounded by the core count (os.cpu_count() is printed).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+SIXTH = ("sketch", 4096)
+
+
+def _overrides(args, run_dir, extra=()):
+    where = [] if run_dir is None else [f"run_dir={run_dir}"]
+    return [*args.overrides, f"train.epochs={args.epochs}", "train.verbose=0", "export.enabled=false",
+            "train.backup=false", *where, *extra]
+
+
+def _dims_with_sixth(config):
+    dims = dict(config.data.synthetic.dims)
+    dims[SIXTH[0]] = SIXTH[1]
+    return "{" + ", ".join(f"{m}: {d}" for m, d in dims.items()) + "}"
+
+
+def _rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def worker(args) -> int:
+    """One measurement in this (fresh) process; prints one JSON line."""
+    import tensorflow as tf
+
+    from tf_xmr.config.schema import load_experiment
+    from tf_xmr.training import independent
+    from tf_xmr.training.trainer import build_optimizer, data_spec, load_data
+
+    config = load_experiment(args.config, _overrides(args, None))
+    feature_set = load_data(config)
+    spec = data_spec(config, feature_set)
+    from tf_xmr.methods.sdml import SDML
+
+    state = SDML.create_shared_state(config.model, spec, config.seed)
+    if args.worker == "baseline":
+        tf.zeros((1,)) + 1  # the runtime is initialised, nothing is built
+        print(json.dumps({"what": "baseline", "rss_mb": _rss_mb()}))
+        return 0
+    if args.worker == "one":
+        with tempfile.TemporaryDirectory() as out:
+            summary = independent.train_modality(config, feature_set, spec, state, args.modality, out)
+        print(json.dumps({"what": f"one:{args.modality}", "rss_mb": _rss_mb(), "seconds": summary["seconds"]}))
+        return 0
+    # Joint (SDML-1): every network in one model and one graph; each step takes one batch of every modality
+    # (smaller modalities cycle, reshuffled), an epoch = ceil(n_max / batch) steps.
+    import math
+
+    from tf_xmr.data import make_dataset
+
+    tf.keras.utils.set_random_seed(config.seed)
+    model = SDML(config.model, spec, shared=state)
+    model.build_for_training()
+    model.compile({m: build_optimizer(independent.optimizer_config(config, m), name=f"{m}_optimizer")
+                   for m in spec.modalities}, jit_compile=config.train.jit_compile)
+    train = feature_set.splits["train"]
+    batch = config.train.batch_size
+    streams = {}
+    for m in spec.modalities:
+        ds = make_dataset(train, batch_size=batch, num_classes=spec.num_classes, modalities=[m], shuffle=True,
+                          seed=config.seed, repeat=True, drop_remainder=True)
+        streams[m] = ds
+    n_max = max(train.num_examples(m) for m in spec.modalities)
+    steps = math.ceil(n_max / batch)
+
+    def merge(*elements):
+        out = {m: e[m] for m, e in zip(spec.modalities, elements)}
+        out["labels"] = {m: e["labels"] for m, e in zip(spec.modalities, elements)}
+        return out
+
+    joint = tf.data.Dataset.zip(tuple(streams[m] for m in spec.modalities)).map(merge)
+    val = {m: make_dataset(feature_set.splits["val"], batch_size=config.train.eval_batch_size,
+                           num_classes=spec.num_classes, modalities=[m]) for m in spec.modalities}
+
+    class Validate(tf.keras.callbacks.Callback):
+        # The same per-epoch validation pass the independent networks make, so the times compare.
+        def on_epoch_end(self, epoch, logs=None):
+            for m, net in model.dsaes.items():
+                net.validation_loss(val[m])
+
+    start = time.perf_counter()
+    model.fit(joint, epochs=config.train.epochs, steps_per_epoch=steps, verbose=0, callbacks=[Validate()])
+    print(json.dumps({"what": "joint", "rss_mb": _rss_mb(), "seconds": time.perf_counter() - start}))
+    return 0
+
+
+def _measure(args, *extra) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--config", args.config, "--epochs", str(args.epochs),
+               *[a for s in args.overrides for a in ("--set", s)], *extra]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    if result.returncode:
+        raise SystemExit(f"measurement {extra} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/sdml_5modal.yaml")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--out", default=None, help="parent folder of the run directories (default: a temp folder)")
+    parser.add_argument("--worker", choices=("baseline", "one", "joint"), help=argparse.SUPPRESS)
+    parser.add_argument("--modality", default="image", help=argparse.SUPPRESS)
+    parser.add_argument("--skip", nargs="*", default=[], choices=("time", "memory", "add"))
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker(args)
+
+    from tf_xmr.config.schema import load_experiment
+    from tf_xmr.training.trainer import train
+
+    out = args.out or tempfile.mkdtemp(prefix="sdml-scaling-")
+    base = load_experiment(args.config, _overrides(args, None))
+    modalities = list(base.data.synthetic.dims)
+    print(f"config {args.config}, {args.epochs} epochs, modalities {modalities}, os.cpu_count()={os.cpu_count()}")
+    print(f"dims {dict(base.data.synthetic.dims)}, fractions {dict(base.data.synthetic.modality_fractions)}")
+    runs = {}
+    if "time" not in args.skip or "add" not in args.skip:
+        for name, extra in (("sequential", ["train.parallel_modalities=false"]),
+                            ("parallel, one worker per modality", ["train.parallel_modalities=true"]),
+                            (f"parallel, {os.cpu_count()} workers", ["train.parallel_modalities=true",
+                                                                    f"train.max_workers={os.cpu_count()}"])):
+            run_dir = os.path.join(out, name.split(",")[0] + str(len(runs)))
+            start = time.perf_counter()
+            metrics = train(load_experiment(args.config, _overrides(args, run_dir, extra))).metrics
+            runs[name] = {"run_dir": run_dir, "total": time.perf_counter() - start, "metrics": metrics}
+            print(f"  {name}: {runs[name]['total']:.1f} s", flush=True)
+    if "time" not in args.skip:
+        joint = _measure(args, "--worker", "joint")
+        seq = runs["sequential"]["metrics"]["training"]["wall_seconds"]
+        print()
+        print("Table A: wall time of training all networks (seconds; 'training' excludes data loading and scoring)")
+        print("| mode | training | whole run | vs sequential | test map_avg |")
+        print("|---|---|---|---|---|")
+        for name, run in runs.items():
+            wall = run["metrics"]["training"]["wall_seconds"]
+            print(f"| {name} | {wall:.1f} | {run['total']:.1f} | {wall / seq:.2f}x | "
+                  f"{run['metrics']['test']['map_avg']:.4f} |")
+        print(f"| joint model, all networks in one graph (SDML-1) | {joint['seconds']:.1f} | | "
+              f"{joint['seconds'] / seq:.2f}x | |")
+        per = runs["sequential"]["metrics"]["training"]["modalities"]
+        print("per-modality training time, sequential (s): "
+              + ", ".join(f"{m} {per[m]['seconds']:.1f}" for m in modalities))
+    if "memory" not in args.skip:
+        baseline = _measure(args, "--worker", "baseline")
+        ones = {m: _measure(args, "--worker", "one", "--modality", m) for m in modalities}
+        joint = _measure(args, "--worker", "joint")
+        print()
+        print("Table B: peak resident memory of one fresh process (MiB)")
+        print("| process | peak RSS | minus runtime+data | vs joint (peak) |")
+        print("|---|---|---|---|")
+        print(f"| TensorFlow + data loaded, nothing trained | {baseline['rss_mb']:.0f} | 0 | |")
+        for m, r in ones.items():
+            print(f"| one network: {m} | {r['rss_mb']:.0f} | {r['rss_mb'] - baseline['rss_mb']:.0f} | "
+                  f"{r['rss_mb'] / joint['rss_mb']:.2f}x |")
+        print(f"| joint model, all {len(modalities)} networks | {joint['rss_mb']:.0f} | "
+              f"{joint['rss_mb'] - baseline['rss_mb']:.0f} | 1.00x |")
+    if "add" not in args.skip:
+        seq_dir = runs["sequential"]["run_dir"]
+        dims6 = _dims_with_sixth(base)
+        start = time.perf_counter()
+        added = train(load_experiment(args.config, [
+            *_overrides(args, None), f"data.synthetic.dims={dims6}", f"resume_from={seq_dir}",
+            f"model.train_modalities=[{SIXTH[0]}]",
+        ])).metrics
+        add_total = time.perf_counter() - start
+        start = time.perf_counter()
+        full = train(load_experiment(args.config, _overrides(args, os.path.join(out, "six-from-scratch"), [
+            f"data.synthetic.dims={dims6}",
+        ]))).metrics
+        full_total = time.perf_counter() - start
+        print()
+        print(f"Table C: a sixth modality ({SIXTH[0]}, {SIXTH[1]}-d) (seconds)")
+        print("| | training | whole run | test map_avg (30 directions) |")
+        print("|---|---|---|---|")
+        print(f"| add {SIXTH[0]} to the 5-modality run | {added['training']['wall_seconds']:.1f} | {add_total:.1f} | "
+              f"{added['test']['map_avg']:.4f} |")
+        print(f"| retrain all six | {full['training']['wall_seconds']:.1f} | {full_total:.1f} | "
+              f"{full['test']['map_avg']:.4f} |")
+        print(f"ratio add / retrain (training): {added['training']['wall_seconds'] / full['training']['wall_seconds']:.2f}")
+    print(f"run directories under {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
