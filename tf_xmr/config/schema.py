@@ -102,6 +102,9 @@ class DataConfig:
     arrays: ArraysDataConfig = dataclasses.field(default_factory=ArraysDataConfig)
     # Class embeddings attached to the loaded feature set (default: whatever the source provides).
     class_embeddings: ClassEmbeddingConfig = dataclasses.field(default_factory=ClassEmbeddingConfig)
+    # Zero-shot: classes held out of training (train and val keep only seen-class items; test stays whole), as a list
+    # of class names / ids or a fraction in (0, 1) drawn with the run seed (tf_xmr.data.class_split); null = none.
+    unseen_classes: tuple[str | int, ...] | float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,8 @@ WIKIPEDIA_ENV = "TF_XMR_WIKIPEDIA"
 
 
 def load_feature_set(data_config, seed: int):
-    """Load and validate the feature set a ``DataConfig`` describes, with the class embeddings it asks for.
+    """Load and validate the feature set a ``DataConfig`` describes, with the class embeddings it asks for and,
+    for zero-shot runs (``unseen_classes``), training and validation splits restricted to the seen classes.
 
     Args:
         data_config: ``tf_xmr.config.schema.DataConfig``.
@@ -21,7 +22,13 @@ def load_feature_set(data_config, seed: int):
     """
     from tf_xmr.data.class_embeddings import attach_class_embeddings
 
-    return attach_class_embeddings(_load_features(data_config, seed), data_config.class_embeddings)
+    feature_set = attach_class_embeddings(_load_features(data_config, seed), data_config.class_embeddings)
+    if data_config.unseen_classes is not None:
+        from tf_xmr.data.class_split import resolve_unseen_classes, seen_classes_only
+
+        unseen = resolve_unseen_classes(feature_set.class_names, data_config.unseen_classes, seed)
+        feature_set = seen_classes_only(feature_set, unseen)
+    return feature_set
 
 
 def _load_features(data_config, seed: int):

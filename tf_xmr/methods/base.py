@@ -30,6 +30,8 @@ class DataSpec:
         standardize: ``"none" | "zscore" | "l2"``, applied inside each encoder so exports take raw features.
         stats: modality -> (mean (d,), std (d,)) of the training split, needed for ``"zscore"``.
         class_embeddings: optional (num_classes, e) class-embedding matrix.
+        unseen_classes: zero-shot runs: class ids absent from the training data (their class embeddings are known;
+            a method may synthesise them, JFSE Eqs. 17-19); empty for standard retrieval.
     """
 
     modalities: tuple[str, ...]
@@ -38,6 +40,7 @@ class DataSpec:
     standardize: str = "none"
     stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
     class_embeddings: np.ndarray | None = None
+    unseen_classes: tuple[int, ...] = ()
 
     def standardizer(self, modality: str) -> FeatureStandardizer:
         """A fresh standardisation layer for ``modality`` with the training statistics baked in."""
