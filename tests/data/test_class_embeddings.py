@@ -1,5 +1,5 @@
 """Class embeddings from tiny generated word-vector files of every supported format, from the dataset, one-hot, the
-config path through load_feature_set, the out-of-vocabulary error (CLI exit 2), and the real GloVe package (skipped
+config path through load_feature_set, the out-of-vocabulary error (exit status 2, nothing written), and the real GloVe package (skipped
 when the optional extra is not installed)."""
 
 import importlib.util
@@ -8,14 +8,14 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli
 from tf_xmr.config import from_dict
-from tf_xmr.config.schema import ClassEmbeddingConfig, DataConfig
+from tf_xmr.config.schema import ClassEmbeddingConfig, DataConfig, load_experiment
 from tf_xmr.data.class_embeddings import (
     class_embeddings_for, class_name_words, embed_class_names, load_word_vectors,
 )
 from tf_xmr.data.from_config import load_feature_set
 from tf_xmr.errors import ConfigError, DataError
+from tf_xmr.training.trainer import train
 
 WORDS = {
     "art": [1.0, 0.0, 0.0],
@@ -121,16 +121,19 @@ def test_load_feature_set_attaches_the_configured_embeddings(tmp_path):
     np.testing.assert_allclose(fs.class_embeddings, [[1, 0.5], [0.5, 1], [2, 2]])
 
 
-def test_cli_exits_2_with_one_line_naming_the_unknown_classes(tmp_path):
+def test_unknown_class_names_stop_a_run_before_anything_is_written(tmp_path):
+    # The CLIs turn an XmrError into "error: <message>" and exit status 2 (tests/training cover that path).
     path = tmp_path / "vectors.txt"
     path.write_text("zebra 1 0\n", encoding="utf-8")
-    result = run_cli(
-        "train.py", "--config", "configs/acmr.yaml", "--set", f"run_dir={tmp_path / 'run'}",
-        "--set", "data.class_embeddings.source=word_vectors", "--set", f"data.class_embeddings.path={path}",
-    )
-    assert result.returncode == 2, result.stderr
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: class names not in the vocabulary") and "'class_1'" in last and "'class_9'" in last
+    config = load_experiment("configs/acmr.yaml", [
+        f"run_dir={tmp_path / 'run'}", "data.class_embeddings.source=word_vectors", f"data.class_embeddings.path={path}",
+        "data.synthetic.dims={image: 8, text: 4}", "data.synthetic.num_train=100", "data.synthetic.num_test=30",
+    ])
+    with pytest.raises(DataError) as info:
+        train(config, config_path="configs/acmr.yaml")
+    message = str(info.value)
+    assert info.value.exit_code == 2 and "\n" not in message
+    assert message.startswith("class names not in the vocabulary") and "'class_1'" in message and "'class_9'" in message
     assert not os.path.exists(tmp_path / "run")
 
 

@@ -1,6 +1,6 @@
 """JFSE: model contract, player ownership, n_critic schedule, the gradient penalty on the critic only (checked on a
-critic with an analytically known input gradient), the alignment switch, config errors, and one tiny end-to-end run
-of configs/jfse.yaml through train.py with a SavedModel round trip."""
+critic with an analytically known input gradient), the alignment switch, config errors, and one tiny end-to-end
+training run of configs/jfse.yaml with a SavedModel round trip."""
 
 import json
 import os
@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import run_cli
 from tf_xmr.config import from_dict
 from tf_xmr.config.schema import OptimizerConfig, load_experiment
 from tf_xmr.errors import ConfigError
 from tf_xmr.methods.base import DataSpec
 from tf_xmr.methods.jfse import JFSE, JFSEConfig, scale_class_embeddings
-from tf_xmr.training.trainer import build_optimizer
+from tf_xmr.training.trainer import build_optimizer, train
 
 CLASS_EMBEDDINGS = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
 SPEC = DataSpec(modalities=("image", "text"), dims={"image": 12, "text": 6}, num_classes=3,
@@ -178,20 +177,39 @@ def test_shipped_configs_load():
 
 def test_tiny_end_to_end_run_exports_the_regressors(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_cli(
-        "train.py", "--config", "configs/jfse.yaml",
-        "--set", f"run_dir={run_dir}", "--set", "train.epochs=2", "--set", "train.verbose=0",
-        "--set", "train.batch_size=32", "--set", "train.jit_compile=false",
-        "--set", "data.synthetic.dims={image: 24, text: 12}", "--set", "data.synthetic.num_train=200",
-        "--set", "data.synthetic.num_test=60", "--set", "data.synthetic.num_classes=4",
-        "--set", "data.synthetic.class_embedding_dim=6",
-        "--set", "model.noise_dim=4", "--set", "model.generator_hidden=16", "--set", "model.critic_hidden=16",
-        "--set", "model.regressor_hidden=[16]", "--set", "model.discriminator_hidden=[8]", "--set", "model.n_critic=2",
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    overrides = [
+        f"run_dir={run_dir}", "train.epochs=1", "train.verbose=0", "train.batch_size=32", "train.jit_compile=false",
+        "train.backup=false", "eval.extra_presets=[]",
+        "data.synthetic.dims={image: 24, text: 12}", "data.synthetic.num_train=200", "data.synthetic.num_test=60",
+        "data.synthetic.num_classes=4", "data.synthetic.class_embedding_dim=6",
+        "model.noise_dim=4", "model.generator_hidden=16", "model.critic_hidden=16", "model.regressor_hidden=[16]",
+        "model.discriminator_hidden=[8]", "model.n_critic=2",
+    ]
+    result = train(load_experiment("configs/jfse.yaml", overrides), config_path="configs/jfse.yaml")
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test"]["map_avg"] == pytest.approx(result.metrics["test"]["map_avg"])
     assert 0.0 <= metrics["test"]["map_avg"] <= 1.0 and "map_i2t" in metrics["val"]
     exported = tf.saved_model.load(str(run_dir / "export" / "image_encoder" / "1"))
     features = np.random.default_rng(0).normal(size=(5, 24)).astype(np.float32)
     embedding = exported.signatures["serving_default"](features=tf.constant(features))["embedding"].numpy()
     assert embedding.shape == (5, 6) and os.path.isdir(run_dir / "export" / "text_encoder" / "1")
+
+
+def test_zero_shot_synthesises_unseen_classes_for_the_regressors_only_by_default():
+    spec = DataSpec(modalities=("image", "text"), dims={"image": 12, "text": 6}, num_classes=3,
+                    class_embeddings=CLASS_EMBEDDINGS, unseen_classes=(2,))
+    model = _compiled(_config(unseen_per_step=4), spec)
+    regressor = model.players()[2]
+    assert {"unseen_cycle", "unseen_alignment", "unseen_adversarial"} <= set(regressor.losses)
+    assert "unseen_cycle" not in model.players()[1].losses
+    batch = {**_batch(), "labels": tf.constant(np.eye(3, dtype=np.float32)[np.arange(9) % 2])}  # seen classes only
+    with tf.GradientTape() as tape:
+        terms, _ = model._unseen_terms(training=True, to_generator=False)
+    assert all(g is None for g in tape.gradient(terms["unseen_cycle"], model.players()[1].variables))
+    logs = model.train_step(batch)
+    assert np.isfinite(float(logs["regressor_unseen_alignment"]))
+    assert _compiled(_config(unseen_per_step=4, unseen_gradient_to_generator=True), spec).players()[1].losses[-1] \
+        == "unseen_adversarial"
+    with pytest.raises(ConfigError, match="outside"):
+        JFSE(_config(), DataSpec(modalities=("image", "text"), dims={"image": 12, "text": 6}, num_classes=3,
+                                 class_embeddings=CLASS_EMBEDDINGS, unseen_classes=(5,)))

@@ -107,6 +107,13 @@ class JFSEConfig:
     grl_schedule: Literal["dann", "constant"] = "dann"
     # Maximum GRL strength (the ramp's limit) [CODE 1].
     grl_strength: float = cfg_field(1.0, ge=0.0)
+    # -- zero-shot (Sec. 3.4, Eqs. 17-19; only when the data declares unseen classes) --------------------------------
+    # Unseen-class synthetic pairs per step, classes drawn uniformly among the unseen ones [REC 6.1: B_u = B = 64, the
+    # paper's batch size]. They get the alignment, adversarial and cycle terms with the synthetic-pair weights.
+    unseen_per_step: int = cfg_field(64, ge=2)
+    # Whether the unseen-class terms also train the generators (Eq. 17 lists theta_G, Eq. 19 only theta_R); off, as
+    # G has no real-data anchor for unseen classes [REC 6.1, ambiguity 21].
+    unseen_gradient_to_generator: bool = False
 
 
 # Modality labels of Eq. 14: image = 1, text = 0 [REC 4.3, ambiguity 24].
@@ -186,6 +193,10 @@ class JFSE(AdversarialModel):
         # Fixed side information, not a parameter: a constant of the graph (it is rebuilt from the data on reload).
         self.class_targets = tf.constant(targets)
         self.noise = keras.random.SeedGenerator(seed=None, name="jfse_noise")
+        self.unseen_classes = tuple(int(k) for k in spec.unseen_classes)
+        bad = [k for k in self.unseen_classes if not 0 <= k < spec.num_classes]
+        if bad:
+            raise ConfigError(f"unseen class ids {bad} are outside [0, {spec.num_classes})")
 
         slope = config.leaky_relu_slope
         self.standardizers, self.generators, self.critics, self.regressors, self.encoders = {}, {}, {}, {}, {}
@@ -220,15 +231,17 @@ class JFSE(AdversarialModel):
 
     def players(self):
         names = ("image", "text")
+        unseen_terms = ("unseen_cycle", "unseen_alignment", "unseen_adversarial") if self.unseen_classes else ()
+        generator_unseen = unseen_terms if self.config.unseen_gradient_to_generator else ()
         return [
             Player("critic", tuple(self.critics[m] for m in self.modalities),
                    ("loss", *(f"{n}_{t}" for n in names for t in ("wasserstein", "gradient_penalty"))),
                    repeats=self.config.n_critic),
             Player("generator", tuple(self.generators[m] for m in self.modalities),
-                   ("loss", "wasserstein", "cycle", "adversarial", "alignment")),
+                   ("loss", "wasserstein", "cycle", "adversarial", "alignment", *generator_unseen)),
             Player("regressor", tuple(self.regressors[m] for m in self.modalities),
                    ("loss", "cycle", "alignment", "adversarial", "synthetic_cycle", "synthetic_alignment",
-                    "synthetic_adversarial")),
+                    "synthetic_adversarial", *unseen_terms)),
             Player("discriminator", (self.modality_discriminator,), ("loss", "accuracy")),
         ]
 
@@ -280,6 +293,25 @@ class JFSE(AdversarialModel):
         labels = tf.tile(labels, (ratio, 1)) if ratio > 1 else labels
         fakes = {m: self.synthesize(m, condition, training) for m in self.modalities}
         return fakes, condition, labels
+
+    def _unseen_terms(self, training, to_generator):
+        """Eqs. 17-19's unseen parts: alignment, adversarial (through the GRL) and cycle terms of synthetic pairs of
+        unseen classes (no WGAN term: there are no real unseen features)."""
+        n = self.config.unseen_per_step
+        unseen = tf.constant(self.unseen_classes, tf.int32)
+        classes = tf.gather(unseen, keras.random.randint((n,), 0, len(self.unseen_classes), seed=self.noise))
+        condition = tf.gather(self.class_targets, classes)
+        labels = tf.one_hot(classes, self.spec.num_classes)
+        fakes = {m: self.synthesize(m, condition, training) for m in self.modalities}
+        if not to_generator:
+            fakes = {m: tf.stop_gradient(f) for m, f in fakes.items()}
+        embedded = {m: self.regressors[m](fakes[m], training=training) for m in self.modalities}
+        image, text = embedded[self.image_modality], embedded[self.text_modality]
+        return {
+            "unseen_cycle": self._cycle(condition, image) + self._cycle(condition, text),
+            "unseen_alignment": self._alignment(image, text, labels),
+            "unseen_adversarial": self._modality_loss(*self._modality_logits(image, text, training, reverse=True)),
+        }, embedded
 
     # -- losses per player ---------------------------------------------------------------------------------------
     def player_losses(self, player, batch, training):
@@ -334,8 +366,15 @@ class JFSE(AdversarialModel):
         alignment = self._alignment(image, text, syn_labels)
         loss = (wasserstein + cfg.generator_cycle_weight * cycle + cfg.generator_adversarial_weight * adversarial
                 + cfg.generator_alignment_weight * alignment)
-        return {"loss": loss, "wasserstein": wasserstein, "cycle": cycle, "adversarial": adversarial,
-                "alignment": alignment}
+        out = {"wasserstein": wasserstein, "cycle": cycle, "adversarial": adversarial, "alignment": alignment}
+        if self.unseen_classes and cfg.unseen_gradient_to_generator:
+            unseen, _ = self._unseen_terms(training, to_generator=True)
+            out.update(unseen)
+            loss += (cfg.generator_cycle_weight * unseen["unseen_cycle"]
+                     + cfg.generator_adversarial_weight * unseen["unseen_adversarial"]
+                     + cfg.generator_alignment_weight * unseen["unseen_alignment"])
+        out["loss"] = loss
+        return out
 
     def _embed_true_and_synthetic(self, real, condition, labels, training):
         true = {m: self.regressors[m](real[m], training=training) for m in self.modalities}
@@ -364,6 +403,13 @@ class JFSE(AdversarialModel):
             + cfg.synthetic_alignment_weight * out["synthetic_alignment"]
             + cfg.synthetic_adversarial_weight * out["synthetic_adversarial"]
         )
+        if self.unseen_classes:
+            # Eqs. 17-19: the unseen-class terms, weighted like their seen synthetic counterparts [REC 6.1].
+            unseen, _ = self._unseen_terms(training, to_generator=False)
+            out.update(unseen)
+            out["loss"] += (cfg.synthetic_cycle_weight * unseen["unseen_cycle"]
+                            + cfg.synthetic_alignment_weight * unseen["unseen_alignment"]
+                            + cfg.synthetic_adversarial_weight * unseen["unseen_adversarial"])
         return out
 
     def _discriminator_losses(self, real, condition, labels, training):
@@ -374,5 +420,10 @@ class JFSE(AdversarialModel):
         logits_syn = self._modality_logits(tf.stop_gradient(synthetic[i]), tf.stop_gradient(synthetic[t]), training,
                                            False)
         loss = self._modality_loss(*logits_true) + self._modality_loss(*logits_syn)
+        if self.unseen_classes:
+            # Eq. 18: the modality discriminator also sees the unseen-class synthetic embeddings.
+            _, unseen = self._unseen_terms(training, to_generator=False)
+            loss += self._modality_loss(*self._modality_logits(tf.stop_gradient(unseen[i]),
+                                                               tf.stop_gradient(unseen[t]), training, False))
         correct = tf.concat([tf.cast(logits_true[0] > 0, tf.float32), tf.cast(logits_true[1] <= 0, tf.float32)], 0)
         return {"loss": loss, "accuracy": tf.reduce_mean(correct)}
