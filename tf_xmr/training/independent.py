@@ -130,7 +130,22 @@ def _peak_rss_mb() -> float:
 # One modality
 
 
-def train_modality(config: ExperimentConfig, feature_set, spec, state, modality: str, out_dir: str) -> dict:
+def _stop_when_orphaned(parent_pid: int):
+    """A callback that ends a worker's training once the process that started it is gone (killed or crashed):
+    otherwise the worker would keep a core busy for a run nobody collects."""
+    import keras
+
+    class StopWhenOrphaned(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if os.getppid() != parent_pid:
+                log.warning("the training process %d is gone; this worker stops", parent_pid)
+                os._exit(1)
+
+    return StopWhenOrphaned()
+
+
+def train_modality(config: ExperimentConfig, feature_set, spec, state, modality: str, out_dir: str,
+                   extra_callbacks=()) -> dict:
     """Fit one modality's network into ``out_dir`` (checkpoints/, logs/); returns its summary.
 
     The network is seeded with the run seed whichever way it is run (in-process or in a worker), as the authors'
@@ -182,6 +197,7 @@ def train_modality(config: ExperimentConfig, feature_set, spec, state, modality:
     ]
     if config.train.backup:
         callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(checkpoint_dir, "backup")))
+    callbacks.extend(extra_callbacks)
     start = time.perf_counter()
     history = net.fit(train_ds, epochs=config.train.epochs, callbacks=callbacks, verbose=config.train.verbose,
                       shuffle=False)
@@ -203,7 +219,8 @@ def train_modality(config: ExperimentConfig, feature_set, spec, state, modality:
     }
 
 
-def _worker(config_dict: dict, run_dir: str, modality: str, out_dir: str, threads: int, log_level: int) -> dict:
+def _worker(config_dict: dict, run_dir: str, modality: str, out_dir: str, threads: int, log_level: int,
+            parent_pid: int) -> dict:
     """Worker-process entry: its own TensorFlow runtime, ``threads`` intra-op threads, the data loaded afresh."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # The parent's log lines (validation loss per epoch) come from every worker at once: say whose they are.
@@ -218,7 +235,7 @@ def _worker(config_dict: dict, run_dir: str, modality: str, out_dir: str, thread
     config = experiment_from_dict(config_dict)
     feature_set = load_data(config)
     return train_modality(config, feature_set, data_spec(config, feature_set), load_shared_state(run_dir),
-                          modality, out_dir)
+                          modality, out_dir, extra_callbacks=[_stop_when_orphaned(parent_pid)])
 
 
 def _train_modalities(config, feature_set, spec, state, modalities, run_dir) -> dict:
@@ -235,7 +252,8 @@ def _train_modalities(config, feature_set, spec, state, modalities, run_dir) -> 
         context = multiprocessing.get_context("spawn")
         payload = to_dict(config)
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = {pool.submit(_worker, payload, run_dir, m, staging[m], threads, logging.getLogger().level): m
+            futures = {pool.submit(_worker, payload, run_dir, m, staging[m], threads, logging.getLogger().level,
+                                   os.getpid()): m
                        for m in modalities}
             for future in concurrent.futures.as_completed(futures):
                 results[futures[future]] = future.result()
