@@ -39,6 +39,7 @@ def _ci_script() -> str:
 # Commands run by CI itself rather than by this file.
 CI_COMMANDS = {
     "python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt",
+    "pip install -r requirements-extra.txt",
     "python -m pytest -q tests",
 }
 
@@ -89,6 +90,28 @@ COVERED = {
     "--set data.root=../shared/data/wikipedia": "test_wikipedia_result_commands",
     "python benchmarks/synthetic_baseline.py --wikipedia ../shared/data/wikipedia": "test_wikipedia_result_commands",
     "python benchmarks/synthetic_baseline.py": "test_benchmark_commands",
+    "python train.py --config configs/x_gacmn.yaml": "test_x_gacmn_headline_command",
+    "python train.py --config configs/wikipedia/x_gacmn.yaml --set data.root=../shared/data/wikipedia":
+        "test_method_wikipedia_commands",
+    "python benchmarks/x_gacmn_ablation.py --seeds 0 1 2 --data-root ../shared/data/wikipedia":
+        "test_method_benchmark_commands",
+    "python train.py --config configs/jfse.yaml": "test_method_synthetic_commands",
+    "python train.py --config configs/wikipedia/jfse.yaml --set data.root=../shared/data/wikipedia":
+        "test_method_wikipedia_commands",
+    "python benchmarks/jfse_alignment.py --config configs/wikipedia/jfse.yaml --seeds 0 "
+    "--set data.root=../shared/data/wikipedia": "test_method_benchmark_commands",
+    "python train.py --config configs/da_gan.yaml": "test_method_synthetic_commands",
+    "python benchmarks/seeds.py --config configs/wikipedia/da_gan.yaml --seeds 0 1 2 "
+    "--set data.root=../shared/data/wikipedia": "test_method_benchmark_commands",
+    "python benchmarks/da_gan_ablation.py --datasets wikipedia synthetic": "test_method_benchmark_commands",
+    "python train.py --config configs/sdml.yaml": "test_method_synthetic_commands",
+    "python train.py --config configs/sdml_5modal.yaml": "test_sdml_add_a_modality_commands",
+    "python train.py --config configs/wikipedia/sdml.yaml --set data.root=../shared/data/wikipedia":
+        "test_method_wikipedia_commands",
+    "python train.py --config configs/sdml_5modal.yaml --set resume_from=RUN_DIR --set \"data.synthetic.dims={image: "
+    "4096, text: 3000, audio: 128, 3d: 4096, video: 1000, sketch: 512}\" --set model.train_modalities=[sketch]":
+        "test_sdml_add_a_modality_commands",
+    "python benchmarks/sdml_scaling.py --epochs 3": "test_method_benchmark_commands",
 }
 
 
@@ -205,6 +228,107 @@ def test_wikipedia_result_commands(tmp_path):
     result = _run_readme(baseline, {"../shared/data/wikipedia": root})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "i2t" in result.stdout
+
+
+def test_x_gacmn_headline_command(tmp_path):
+    """The X-GACMN synthetic command verbatim (about 2-4 minutes on 2 cores): a useful model, logs, exports."""
+    command = "python train.py --config configs/x_gacmn.yaml"
+    run_dir = str(tmp_path / "x_gacmn")
+    result = _run_readme(command + f" --set run_dir={run_dir}", {})
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(os.path.join(run_dir, "metrics.json")) as handle:
+        metrics = json.load(handle)
+    # Random ranking is about 0.11 on this benchmark.
+    assert metrics["test"]["map_avg"] > 0.3, metrics["test"]
+    for modality in ("image", "text"):
+        assert os.path.exists(os.path.join(run_dir, "export", f"{modality}_encoder", "1", "saved_model.pb"))
+    assert os.listdir(os.path.join(run_dir, "logs", "train"))
+
+
+def _method_commands(prefix: str, test_name: str) -> list[str]:
+    return [c for c, t in COVERED.items() if t == test_name and c.startswith(prefix)]
+
+
+# Shrinks a synthetic-benchmark run to seconds while keeping the method's own model and data dimensions.
+_SHORT_SYNTHETIC = " --set train.epochs=1 --set data.synthetic.num_train=300 --set data.synthetic.num_test=100"
+
+
+def test_method_synthetic_commands(tmp_path):
+    """Each method's synthetic command, shortened to one epoch on fewer items (full runs: see the README tables)."""
+    commands = _method_commands("python train.py --config configs/", "test_method_synthetic_commands")
+    assert commands
+    for i, command in enumerate(commands):
+        run_dir = str(tmp_path / f"run{i}")
+        result = _run_readme(command + _SHORT_SYNTHETIC + f" --set run_dir={run_dir}", {})
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+        with open(os.path.join(run_dir, "metrics.json")) as handle:
+            assert 0.0 < json.load(handle)["test"]["map_avg"] <= 1.0
+        assert os.path.isdir(os.path.join(run_dir, "export"))
+
+
+def test_method_wikipedia_commands(tmp_path):
+    """Each method's Wikipedia command, shortened to 3 epochs (the full runs are reported by benchmarks/seeds.py)."""
+    root = wikipedia_root_or_skip()
+    commands = _method_commands("python train.py --config configs/wikipedia/", "test_method_wikipedia_commands")
+    assert commands
+    for i, command in enumerate(commands):
+        run_dir = str(tmp_path / f"run{i}")
+        result = _run_readme(command + f" --set train.epochs=3 --set run_dir={run_dir}",
+                             {"../shared/data/wikipedia": root})
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+        with open(os.path.join(run_dir, "metrics.json")) as handle:
+            assert 0.0 < json.load(handle)["test"]["map_avg"] <= 1.0
+
+
+def test_method_benchmark_commands(tmp_path):
+    """The methods' benchmark scripts, on one seed and one epoch (their real tables are in the README)."""
+    root = wikipedia_root_or_skip()
+    ablation = _method_commands("python benchmarks/x_gacmn_ablation.py", "test_method_benchmark_commands")[0]
+    # A later --seeds wins (argparse), so the README command stays a prefix of what runs.
+    result = _run_readme(ablation + f" --seeds 0 --epochs 1 --variants full softmax --out-dir {tmp_path / 'xg'}",
+                         {"../shared/data/wikipedia": root})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| Whole X-GACMN |" in result.stdout, result.stdout[-2000:]
+
+    subs = {"../shared/data/wikipedia": root}
+    alignment = _method_commands("python benchmarks/jfse_alignment.py", "test_method_benchmark_commands")[0]
+    result = _run_readme(alignment + f" --schemes cmmd --set train.epochs=1 --out {tmp_path / 'jfse'}", subs)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "cmmd" in result.stdout.lower(), result.stdout[-2000:]
+
+    seeds = _method_commands("python benchmarks/seeds.py --config configs/wikipedia/da_gan",
+                             "test_method_benchmark_commands")[0]
+    result = _run_readme(seeds + f" --seeds 0 --set train.epochs=1 --out {tmp_path / 'dagan'}", subs)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| mean |" in result.stdout, result.stdout[-2000:]
+
+    ablation = _method_commands("python benchmarks/da_gan_ablation.py", "test_method_benchmark_commands")[0]
+    result = _run_readme(ablation + f" --datasets wikipedia --variants both --epochs 1 --data-root {root} "
+                         f"--out-dir {tmp_path / 'dagan_ablation'}", {})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Retrieval-time references" in result.stdout, result.stdout[-2000:]
+
+    scaling = _method_commands("python benchmarks/sdml_scaling.py", "test_method_benchmark_commands")[0]
+    result = _run_readme(scaling + " --epochs 1 --skip time memory --set data.synthetic.num_train=300 "
+                         f"--set data.synthetic.num_test=100 --out {tmp_path / 'sdml'}", {})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Table C" in result.stdout, result.stdout[-2000:]
+
+
+def test_sdml_add_a_modality_commands(tmp_path):
+    """The 5-modality SDML run, then the README's add-a-modality command on it (both shortened as above)."""
+    first, add = sorted(_method_commands("python train.py --config configs/sdml_5modal.yaml",
+                                         "test_sdml_add_a_modality_commands"), key=len)
+    run_dir = str(tmp_path / "five")
+    result = _run_readme(first + _SHORT_SYNTHETIC + f" --set run_dir={run_dir}", {})
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(os.path.join(run_dir, "metrics.json")) as handle:
+        assert len([k for k in json.load(handle)["test"] if k.startswith("map_") and k != "map_avg"]) == 20
+    result = _run_readme(add + _SHORT_SYNTHETIC, {"RUN_DIR": run_dir})
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(os.path.join(run_dir, "metrics.json")) as handle:
+        test = json.load(handle)["test"]
+    assert len([k for k in test if k.startswith("map_") and k != "map_avg"]) == 30 and "map_sketch2image" in test
 
 
 def test_every_readme_command_is_exercised():
