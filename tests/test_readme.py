@@ -251,6 +251,8 @@ def _method_commands(prefix: str, test_name: str) -> list[str]:
 
 # Shrinks a synthetic-benchmark run to seconds while keeping the method's own model and data dimensions.
 _SHORT_SYNTHETIC = " --set train.epochs=1 --set data.synthetic.num_train=300 --set data.synthetic.num_test=100"
+# The 5-modality SDML set gives audio a fifth of the items: 600 keeps one full batch of 100 per modality.
+_SHORT_5MODAL = " --set train.epochs=1 --set data.synthetic.num_train=600 --set data.synthetic.num_test=200"
 
 
 def test_method_synthetic_commands(tmp_path):
@@ -309,8 +311,8 @@ def test_method_benchmark_commands(tmp_path):
     assert "Retrieval-time references" in result.stdout, result.stdout[-2000:]
 
     scaling = _method_commands("python benchmarks/sdml_scaling.py", "test_method_benchmark_commands")[0]
-    result = _run_readme(scaling + " --epochs 1 --skip time memory --set data.synthetic.num_train=300 "
-                         f"--set data.synthetic.num_test=100 --out {tmp_path / 'sdml'}", {})
+    result = _run_readme(scaling + " --epochs 1 --skip time memory --set data.synthetic.num_train=600 "
+                         f"--set data.synthetic.num_test=200 --out {tmp_path / 'sdml'}", {})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Table C" in result.stdout, result.stdout[-2000:]
 
@@ -320,11 +322,11 @@ def test_sdml_add_a_modality_commands(tmp_path):
     first, add = sorted(_method_commands("python train.py --config configs/sdml_5modal.yaml",
                                          "test_sdml_add_a_modality_commands"), key=len)
     run_dir = str(tmp_path / "five")
-    result = _run_readme(first + _SHORT_SYNTHETIC + f" --set run_dir={run_dir}", {})
+    result = _run_readme(first + _SHORT_5MODAL + f" --set run_dir={run_dir}", {})
     assert result.returncode == 0, result.stderr[-2000:]
     with open(os.path.join(run_dir, "metrics.json")) as handle:
         assert len([k for k in json.load(handle)["test"] if k.startswith("map_") and k != "map_avg"]) == 20
-    result = _run_readme(add + _SHORT_SYNTHETIC, {"RUN_DIR": run_dir})
+    result = _run_readme(add + _SHORT_5MODAL, {"RUN_DIR": run_dir})
     assert result.returncode == 0, result.stderr[-2000:]
     with open(os.path.join(run_dir, "metrics.json")) as handle:
         test = json.load(handle)["test"]
