@@ -65,3 +65,16 @@ def run_cli(*args, env=None, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, *args], cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def paired_batch(n: int = 12, *, seed: int = 0, image_dim: int = 12, text_dim: int = 6, num_classes: int = 3) -> dict:
+    """A random paired image/text batch with one-hot labels cycling through the classes (for method unit tests)."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(seed)
+    return {
+        "image": tf.constant(rng.normal(size=(n, image_dim)).astype(np.float32)),
+        "text": tf.constant(rng.normal(size=(n, text_dim)).astype(np.float32)),
+        "labels": tf.constant(np.eye(num_classes, dtype=np.float32)[np.arange(n) % num_classes]),
+    }

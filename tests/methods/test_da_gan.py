@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, paired_batch, run_cli
 from tf_xmr.config import from_dict
 from tf_xmr.config.schema import OptimizerConfig, load_experiment
 from tf_xmr.data.grouping import group_key
@@ -27,13 +27,9 @@ def _config(**overrides):
 
 
 def _batch(n=12, seed=0, groups=True):
-    rng = np.random.default_rng(seed)
-    batch = {
-        "image": tf.constant(rng.normal(size=(n, 16)).astype(np.float32)),
-        "text": tf.constant(rng.normal(size=(n, 6)).astype(np.float32)),
-        "labels": tf.constant(np.eye(3, dtype=np.float32)[np.arange(n) % 3]),
-    }
+    batch = paired_batch(n, seed=seed, image_dim=16)
     if groups:
+        rng = np.random.default_rng(seed + 1)
         batch[group_key("image")] = tf.constant(rng.normal(size=(n, 2, 16)).astype(np.float32))
         batch[group_key("text")] = tf.constant(rng.normal(size=(n, 2, 6)).astype(np.float32))
     return batch

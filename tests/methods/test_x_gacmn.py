@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import run_cli
+from tests.conftest import paired_batch, run_cli
 from tf_xmr.config import from_dict
 from tf_xmr.config.schema import OptimizerConfig, load_experiment
 from tf_xmr.errors import ConfigError
@@ -30,12 +30,7 @@ def _config(**overrides):
 
 
 def _batch(n=12, seed=0):
-    rng = np.random.default_rng(seed)
-    return {
-        "image": tf.constant(rng.normal(size=(n, 12)).astype(np.float32)),
-        "text": tf.constant(rng.normal(size=(n, 6)).astype(np.float32)),
-        "labels": tf.constant(np.eye(3, dtype=np.float32)[np.arange(n) % 3]),
-    }
+    return paired_batch(n, seed=seed)
 
 
 def _compiled(config, jit=False):
