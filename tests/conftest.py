@@ -78,3 +78,19 @@ def paired_batch(n: int = 12, *, seed: int = 0, image_dim: int = 12, text_dim: i
         "text": tf.constant(rng.normal(size=(n, text_dim)).astype(np.float32)),
         "labels": tf.constant(np.eye(num_classes, dtype=np.float32)[np.arange(n) % num_classes]),
     }
+
+
+def compile_players(model, learning_rate: float = 1e-2, **compile_kwargs):
+    """Build every variable of an adversarial ``model`` and compile it with one Adam optimiser per player."""
+    from tf_xmr.config.schema import OptimizerConfig
+    from tf_xmr.training.trainer import build_optimizer
+
+    model.build_for_training()
+    model.compile(optimizers={p.name: build_optimizer(OptimizerConfig(learning_rate=learning_rate), name=p.name)
+                              for p in model.players()}, **compile_kwargs)
+    return model
+
+
+def variable_ids(variables) -> set[int]:
+    """Identities of variables, to compare which sub-model a player updates."""
+    return {id(v) for v in variables}

@@ -8,14 +8,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import ROOT, paired_batch, run_cli
+from tests.conftest import ROOT, compile_players, paired_batch, run_cli, variable_ids
 from tf_xmr.config import from_dict
-from tf_xmr.config.schema import OptimizerConfig, load_experiment
+from tf_xmr.config.schema import load_experiment
 from tf_xmr.data.grouping import group_key
 from tf_xmr.errors import ConfigError
 from tf_xmr.methods.base import DataSpec
 from tf_xmr.methods.da_gan import DAGAN, DAGANConfig
-from tf_xmr.training.trainer import build_optimizer
 
 SPEC = DataSpec(modalities=("image", "text"), dims={"image": 16, "text": 6}, num_classes=3)
 TINY = {"feature_dim": 16, "common_dim": 8, "encoder_hidden": 8, "decoder_hidden": 8, "inter_discriminator_hidden": 4,
@@ -36,16 +35,8 @@ def _batch(n=12, seed=0, groups=True):
 
 
 def _compiled(config, spec=SPEC, run_eagerly=False):
-    model = DAGAN(config, spec)
-    model.build_for_training()
     # Eager fits keep these seconds-long tests free of graph tracing; the CLI test below runs the compiled step.
-    model.compile(optimizers={p.name: build_optimizer(OptimizerConfig(learning_rate=1e-2)) for p in model.players()},
-                  run_eagerly=run_eagerly)
-    return model
-
-
-def _ids(variables):
-    return {id(v) for v in variables}
+    return compile_players(DAGAN(config, spec), run_eagerly=run_eagerly)
 
 
 def _train_prototypes(model, steps=3):
@@ -104,22 +95,22 @@ def test_attention_switches_and_inter_attention_uses_the_partner():
 def test_players_own_their_submodels_and_the_second_encoder_layer_is_shared():
     model = _compiled(_config())
     generator, discriminator = model.players()
-    gen, disc = _ids(generator.variables), _ids(discriminator.variables)
+    gen, disc = variable_ids(generator.variables), variable_ids(discriminator.variables)
     assert not gen & disc and len(gen) == len(generator.variables)
     expected_disc = [v for m in ("image", "text") for d in (model.intra_discriminators[m],
                                                             model.inter_discriminators[m])
                      for v in d.trainable_variables]
-    assert disc == _ids(expected_disc)
-    assert _ids(model.shared_layer.trainable_variables) <= gen
+    assert disc == variable_ids(expected_disc)
+    assert variable_ids(model.shared_layer.trainable_variables) <= gen
     for m in ("image", "text"):
         for part in (model.feature_nets[m], model.intra[m], model.inter[m], model.first_layers[m], model.decoders[m],
                      model.classifiers[m]):
-            assert _ids(part.trainable_variables) <= gen
+            assert variable_ids(part.trainable_variables) <= gen
         # The encoders hold the same shared layer object, not a copy.
         assert model.encoders[m].shared_layer is model.shared_layer
-    assert _ids(model.trainable_variables) == gen | disc
+    assert variable_ids(model.trainable_variables) == gen | disc
     # Class prototypes are weights (checkpointed, exported) but nobody's gradient target.
-    assert not _ids([model.zeta_prototypes["image"].prototypes]) & (gen | disc)
+    assert not variable_ids([model.zeta_prototypes["image"].prototypes]) & (gen | disc)
 
 
 def test_generator_signs_and_discriminator_pairings():

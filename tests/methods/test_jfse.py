@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import paired_batch
+from tests.conftest import compile_players, paired_batch, variable_ids
 from tf_xmr.config import from_dict
-from tf_xmr.config.schema import OptimizerConfig, load_experiment
+from tf_xmr.config.schema import load_experiment
 from tf_xmr.errors import ConfigError
 from tf_xmr.methods.base import DataSpec
 from tf_xmr.methods.jfse import JFSE, JFSEConfig, scale_class_embeddings
-from tf_xmr.training.trainer import build_optimizer, train
+from tf_xmr.training.trainer import train
 
 CLASS_EMBEDDINGS = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
 SPEC = DataSpec(modalities=("image", "text"), dims={"image": 12, "text": 6}, num_classes=3,
@@ -33,15 +33,7 @@ def _batch(n=9, seed=0):
 
 
 def _compiled(config, spec=SPEC):
-    model = JFSE(config, spec)
-    model.build_for_training()
-    model.compile(optimizers={p.name: build_optimizer(OptimizerConfig(learning_rate=1e-3), name=p.name)
-                              for p in model.players()})
-    return model
-
-
-def _ids(variables):
-    return {id(v) for v in variables}
+    return compile_players(JFSE(config, spec), learning_rate=1e-3)
 
 
 def test_encoders_are_the_regressors_into_the_class_embedding_space():
@@ -70,15 +62,15 @@ def test_players_own_their_submodels_and_the_critic_repeats_n_critic_times():
     critic, generator, regressor, discriminator = model.players()
     assert [p.name for p in model.players()] == ["critic", "generator", "regressor", "discriminator"]
     assert critic.repeats == 5 and generator.repeats == regressor.repeats == discriminator.repeats == 1
-    assert _ids(critic.variables) == _ids([*model.critics["image"].trainable_variables,
+    assert variable_ids(critic.variables) == variable_ids([*model.critics["image"].trainable_variables,
                                            *model.critics["text"].trainable_variables])
-    assert _ids(generator.variables) == _ids([*model.generators["image"].trainable_variables,
+    assert variable_ids(generator.variables) == variable_ids([*model.generators["image"].trainable_variables,
                                               *model.generators["text"].trainable_variables])
-    assert _ids(regressor.variables) == _ids([*model.regressors["image"].trainable_variables,
+    assert variable_ids(regressor.variables) == variable_ids([*model.regressors["image"].trainable_variables,
                                               *model.regressors["text"].trainable_variables])
-    assert _ids(discriminator.variables) == _ids(model.modality_discriminator.trainable_variables)
-    groups = [_ids(p.variables) for p in model.players()]
-    assert sum(len(g) for g in groups) == len(set().union(*groups)) == len(_ids(model.trainable_variables))
+    assert variable_ids(discriminator.variables) == variable_ids(model.modality_discriminator.trainable_variables)
+    groups = [variable_ids(p.variables) for p in model.players()]
+    assert sum(len(g) for g in groups) == len(set().union(*groups)) == len(variable_ids(model.trainable_variables))
     model.train_step(_batch())
     iterations = {name: int(opt.iterations) for name, opt in model.player_optimizers.items()}
     assert iterations == {"critic": 5, "generator": 1, "regressor": 1, "discriminator": 1}

@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import paired_batch, run_cli
+from tests.conftest import compile_players, paired_batch, run_cli, variable_ids
 from tf_xmr.config import from_dict
-from tf_xmr.config.schema import OptimizerConfig, load_experiment
+from tf_xmr.config.schema import load_experiment
 from tf_xmr.errors import ConfigError
 from tf_xmr.layers import AngularMarginSoftmax
 from tf_xmr.methods.base import DataSpec
 from tf_xmr.methods.x_gacmn import XGACMN, XGACMNConfig
-from tf_xmr.training.trainer import build_optimizer
 
 SPEC = DataSpec(modalities=("image", "text"), dims={"image": 12, "text": 6}, num_classes=3, standardize="l2")
 
@@ -34,15 +33,7 @@ def _batch(n=12, seed=0):
 
 
 def _compiled(config, jit=False):
-    model = XGACMN(config, SPEC)
-    model.build_for_training()
-    model.compile(optimizers={p.name: build_optimizer(OptimizerConfig(learning_rate=1e-2)) for p in model.players()},
-                  jit_compile=jit)
-    return model
-
-
-def _ids(variables):
-    return {id(v) for v in variables}
+    return compile_players(XGACMN(config, SPEC), jit_compile=jit)
 
 
 def test_encoders_take_raw_features_to_the_common_space():
@@ -63,17 +54,17 @@ def test_player_variables_come_from_their_own_submodels():
     model = _compiled(_config())
     discriminator, generator = model.players()
     assert (discriminator.name, generator.name) == ("discriminator", "generator")
-    disc_ids, gen_ids = _ids(discriminator.variables), _ids(generator.variables)
+    disc_ids, gen_ids = variable_ids(discriminator.variables), variable_ids(generator.variables)
     expected_disc = [*model.synthetic_discriminators["image"].trainable_variables,
                      *model.synthetic_discriminators["text"].trainable_variables,
                      *model.common_discriminator.trainable_variables]
-    assert disc_ids == _ids(expected_disc)
+    assert disc_ids == variable_ids(expected_disc)
     assert not disc_ids & gen_ids
     # The A-softmax weights are shared by both modalities and owned (once) by the generator.
-    assert _ids(model.classifier.trainable_variables) <= gen_ids
+    assert variable_ids(model.classifier.trainable_variables) <= gen_ids
     assert len(gen_ids) == len(generator.variables)
     # Between them the players cover every trainable variable of the model; the schedule counters are not trainable.
-    assert disc_ids | gen_ids == _ids(model.trainable_variables)
+    assert disc_ids | gen_ids == variable_ids(model.trainable_variables)
     assert id(model.classifier.iterations) not in gen_ids
 
 
@@ -154,7 +145,7 @@ def test_ablations_remove_their_submodels_and_terms():
     no_synthetic = _compiled(_config(use_synthetic_discriminators=False))
     assert not no_synthetic.decoders and not no_synthetic.synthetic_discriminators
     (disc, _) = no_synthetic.players()
-    assert _ids(disc.variables) == _ids(no_synthetic.common_discriminator.trainable_variables)
+    assert variable_ids(disc.variables) == variable_ids(no_synthetic.common_discriminator.trainable_variables)
 
     # Without any discriminator only the generator player is left (encoders + head + L_l2).
     alone = _compiled(_config(use_synthetic_discriminators=False, use_common_discriminator=False))
