@@ -100,6 +100,12 @@ def evaluate_run(run_dir: str, overrides=(), *, split: str = "test", preset: str
         "protocol": chosen.describe(),
         "model": origin,
     }
+    from tf_xmr.training.trainer import unseen_classes, zero_shot_scores
+
+    unseen = unseen_classes(config, feature_set)
+    if unseen:
+        # A zero-shot run (or --set data.unseen_classes=...): the three zero-shot protocols and their chance level.
+        result["zero_shot"] = zero_shot_scores(encoders, feature_set, split, config, unseen)
     if curves:
         result["curves"] = {}
         scopes = np.unique(np.linspace(1, min(1000, min(len(v) for v in embeddings.values())), 21).astype(int))

@@ -25,4 +25,28 @@ def format_table(metrics: dict, splits=("val", "test")) -> str:
         scores = preset.get("test", {})
         cells = "  ".join(f"{k[4:]}={v:.4f}" for k, v in scores.items() if k.startswith("map_"))
         lines.append(f"test with preset {name}: {cells}")
+    if "zero_shot" in metrics:
+        lines.append(format_zero_shot(metrics["zero_shot"]))
+    return "\n".join(lines)
+
+
+def format_zero_shot(report: dict) -> str:
+    """The zero-shot block: one row per protocol (model and random ranking), one column per ``map_*`` entry."""
+    blocks = [("standard (seen)", report["standard"]), ("zero-shot (unseen)", report["zero_shot"]),
+              ("GZS seen queries", report["generalized"]["seen"]),
+              ("GZS unseen queries", report["generalized"]["unseen"]),
+              ("GZS harmonic mean", report["generalized"]["harmonic"])]
+    random = report.get("random_ranking")
+    columns = [key for key in blocks[0][1] if key.startswith("map_")]
+    lines = [f"zero-shot on {report.get('split', 'test')}, unseen classes: "
+             + ", ".join(report.get("unseen_class_names") or map(str, report["unseen_classes"])),
+             f"{'protocol':<20}" + "".join(f"{c[4:]:>9}" for c in columns)
+             + ("   random: " + " ".join(f"{c[4:]:>7}" for c in columns) if random else "")]
+    random_blocks = ([random["standard"], random["zero_shot"], random["generalized"]["seen"],
+                      random["generalized"]["unseen"], random["generalized"]["harmonic"]] if random else [None] * 5)
+    for (name, scores), chance in zip(blocks, random_blocks):
+        line = f"{name:<20}" + "".join(f"{scores[c]:9.4f}" for c in columns)
+        if chance is not None:
+            line += "           " + " ".join(f"{chance[c]:7.4f}" for c in columns)
+        lines.append(line)
     return "\n".join(lines)

@@ -161,6 +161,10 @@ def test_shipped_configs_load():
         assert all(o.beta_1 == 0.5 for o in config.train.optimizers.values())
         assert set(config.train.optimizers) == {"critic", "generator", "regressor", "discriminator"}
     assert synthetic.data.class_embeddings.source == "dataset"
+    for path in ("configs/jfse_zero_shot.yaml", "configs/wikipedia/jfse_zero_shot.yaml"):
+        zero_shot = load_experiment(path)
+        assert zero_shot.data.unseen_classes == 0.5 and zero_shot.model.synthesize_unseen
+    assert load_experiment("configs/wikipedia/jfse_zero_shot.yaml").data.class_embeddings.source == "glove_6b_50d"
 
 
 def test_tiny_end_to_end_run_exports_the_regressors(tmp_path):
@@ -201,3 +205,6 @@ def test_zero_shot_synthesises_unseen_classes_for_the_regressors_only_by_default
     with pytest.raises(ConfigError, match="outside"):
         JFSE(_config(), DataSpec(modalities=("image", "text"), dims={"image": 12, "text": 6}, num_classes=3,
                                  class_embeddings=CLASS_EMBEDDINGS, unseen_classes=(5,)))
+    # The ablation switch: same data spec, no synthesis, so no unseen-class term in any player.
+    ablated = _compiled(_config(unseen_per_step=4, synthesize_unseen=False), spec)
+    assert not any(loss.startswith("unseen_") for player in ablated.players() for loss in player.losses)

@@ -9,12 +9,15 @@ which, as a leaf package, keeps its own copy of this test).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 
 import numpy as np
 
 from tf_xmr.data.feature_set import FeatureSet, Split, to_multi_hot
 from tf_xmr.errors import ConfigError, DataError
+
+logger = logging.getLogger("tf_xmr.data")
 
 
 def resolve_unseen_classes(class_names: Sequence[str], unseen, seed: int) -> tuple[int, ...]:
@@ -94,4 +97,7 @@ def seen_classes_only(feature_set: FeatureSet, unseen: Sequence[int], splits: Se
             if not isinstance(new_splits[name], Split):
                 raise DataError(f"zero-shot filtering needs in-memory splits; split {name!r} is streamed records")
             new_splits[name] = restrict_split(new_splits[name], seen, feature_set.num_classes, where=f" {name!r}")
-    return dataclasses.replace(feature_set, splits=new_splits).validate()
+    logger.info("zero-shot split: %d unseen class(es) held out of %s: %s", len(unseen), "/".join(splits),
+                ", ".join(feature_set.class_names[k] for k in unseen))
+    # The test split holds classes training never saw: intended here, so validate() need not warn about it.
+    return dataclasses.replace(feature_set, splits=new_splits).validate(warn_unseen=False)

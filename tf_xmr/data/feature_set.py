@@ -248,8 +248,12 @@ class FeatureSet:
     def _where(self) -> str:
         return f" in {self.source}" if self.source else ""
 
-    def validate(self) -> "FeatureSet":
+    def validate(self, *, warn_unseen: bool = True) -> "FeatureSet":
         """Check every invariant; raise on the first violation, warn about suspicious-but-legal data.
+
+        Args:
+            warn_unseen: warn about val/test classes absent from train (off for zero-shot splits, where that is the
+                point).
 
         Returns:
             self, so loaders can ``return FeatureSet(...).validate()``.
@@ -291,7 +295,8 @@ class FeatureSet:
                 )
             if not np.all(np.isfinite(e)):
                 raise DataError(f"class_embeddings{where} contain NaN/Inf (first bad class {int(np.argwhere(~np.isfinite(e))[0, 0])})")
-        self._warn_unseen_classes()
+        if warn_unseen:
+            self._warn_unseen_classes()
         return self
 
     def _validate_split(self, split_name: str, split: Split, dims: dict) -> None:

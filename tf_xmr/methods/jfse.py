@@ -114,6 +114,9 @@ class JFSEConfig:
     # Whether the unseen-class terms also train the generators (Eq. 17 lists theta_G, Eq. 19 only theta_R); off, as
     # G has no real-data anchor for unseen classes [REC 6.1, ambiguity 21].
     unseen_gradient_to_generator: bool = False
+    # Synthesise unseen-class pairs at all (Eqs. 17-19). Off = the ablation "JFSE without unseen-class synthesis":
+    # the same run trained on seen classes only, which isolates what the synthesis adds on unseen classes.
+    synthesize_unseen: bool = True
 
 
 # Modality labels of Eq. 14: image = 1, text = 0 [REC 4.3, ambiguity 24].
@@ -193,10 +196,12 @@ class JFSE(AdversarialModel):
         # Fixed side information, not a parameter: a constant of the graph (it is rebuilt from the data on reload).
         self.class_targets = tf.constant(targets)
         self.noise = keras.random.SeedGenerator(seed=None, name="jfse_noise")
-        self.unseen_classes = tuple(int(k) for k in spec.unseen_classes)
-        bad = [k for k in self.unseen_classes if not 0 <= k < spec.num_classes]
+        unseen = tuple(int(k) for k in spec.unseen_classes)
+        bad = [k for k in unseen if not 0 <= k < spec.num_classes]
         if bad:
             raise ConfigError(f"unseen class ids {bad} are outside [0, {spec.num_classes})")
+        # The classes whose pairs are synthesised (none when the ablation switch is off).
+        self.unseen_classes = unseen if config.synthesize_unseen else ()
 
         slope = config.leaky_relu_slope
         self.standardizers, self.generators, self.critics, self.regressors, self.encoders = {}, {}, {}, {}, {}

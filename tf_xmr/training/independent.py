@@ -384,6 +384,7 @@ def train_independent(config: ExperimentConfig, *, config_path: str | None = Non
     from tf_xmr.methods.registry import get_method
     from tf_xmr.training.trainer import (
         RunResult, data_spec, load_data, metrics_record, prepare_run_dir, resolve_run_dir, score_split,
+        unseen_classes, zero_shot_scores,
     )
 
     keras.utils.set_random_seed(config.seed)
@@ -478,8 +479,10 @@ def train_independent(config: ExperimentConfig, *, config_path: str | None = Non
     val = {**val_scores,
            "best_epoch": {m: modalities[m]["best_epoch"] for m in scored},
            "selection_loss": {m: modalities[m]["val_loss"] for m in scored}}
+    unseen = unseen_classes(config, feature_set)
+    zero_shot = {"zero_shot": zero_shot_scores(encoders, scored_set, "test", config, unseen)} if unseen else {}
     metrics = metrics_record(
-        config, feature_set, val, test_scores, presets,
+        config, feature_set, val, test_scores, presets, **zero_shot,
         modalities=list(scored),
         selection="per-modality checkpoint with the lowest validation loss of that modality's own network",
         training={"trained_now": list(to_train), "reused": list(stored), **training},

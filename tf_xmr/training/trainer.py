@@ -45,8 +45,21 @@ def load_data(config: ExperimentConfig):
     return load_feature_set(config.data, seed=config.seed)
 
 
+def unseen_classes(config: ExperimentConfig, feature_set) -> tuple[int, ...]:
+    """The zero-shot run's unseen class ids (``data.unseen_classes`` resolved with the run seed); () otherwise.
+
+    ``load_data`` resolved the same value to drop these classes from training and validation; resolving it again
+    here (a pure function of the class names, the config value and the seed) keeps the feature set a plain record.
+    """
+    if config.data.unseen_classes is None:
+        return ()
+    from tf_xmr.data.class_split import resolve_unseen_classes
+
+    return resolve_unseen_classes(feature_set.class_names, config.data.unseen_classes, config.seed)
+
+
 def data_spec(config: ExperimentConfig, feature_set):
-    """The ``DataSpec`` for a model: dims, classes, and training-split statistics if z-scoring."""
+    """The ``DataSpec`` for a model: dims, classes, training-split statistics if z-scoring, unseen classes."""
     from tf_xmr.data import feature_stats
     from tf_xmr.methods.base import DataSpec
 
@@ -60,6 +73,7 @@ def data_spec(config: ExperimentConfig, feature_set):
         standardize=config.data.standardize,
         stats=stats,
         class_embeddings=feature_set.class_embeddings,
+        unseen_classes=unseen_classes(config, feature_set),
     )
 
 
@@ -133,6 +147,56 @@ def score_split(encoders, feature_set, split: str, config: ExperimentConfig, pre
         num_classes=feature_set.num_classes,
     )
     return score_embeddings(embeddings, labels, protocol(config, preset), feature_set.modalities, detailed=detailed)
+
+
+# Random-ranking reference of the zero-shot report: the mean over this many draws of random Gaussian embeddings of
+# RANDOM_REFERENCE_DIM dimensions, seeded by the run seed, so every method run on one seed and split gets the same
+# reference (one draw on a few hundred test items varies by about 0.005 mAP; the mean of 10 by a third of that).
+RANDOM_REFERENCE_DRAWS = 10
+RANDOM_REFERENCE_DIM = 16
+
+
+def _mean_reports(reports: list):
+    if isinstance(reports[0], dict):
+        return {key: _mean_reports([r[key] for r in reports]) for key in reports[0]}
+    if isinstance(reports[0], float):
+        return float(sum(reports) / len(reports))
+    return reports[0]
+
+
+def zero_shot_scores(encoders, feature_set, split: str, config: ExperimentConfig, unseen) -> dict:
+    """The zero-shot protocols (standard / zero-shot / generalised, ``tf_xmr.metrics.zero_shot``) on one split.
+
+    Besides the model's scores, ``random_ranking`` holds the same report for random embeddings (Gaussian, seeded by
+    the run seed, mean of ``RANDOM_REFERENCE_DRAWS`` draws, the same for every method): the chance level of every number under the same
+    protocol and the same class mix, which differs between the seen, unseen and generalised query sets.
+    """
+    import numpy as np
+
+    from tf_xmr.metrics.evaluator import embed_split
+    from tf_xmr.metrics.zero_shot import zero_shot_report
+
+    embeddings, labels = embed_split(
+        feature_set.splits[split], encoders, batch_size=config.train.eval_batch_size,
+        num_classes=feature_set.num_classes,
+    )
+    chosen = protocol(config)
+    report = zero_shot_report(embeddings, labels, unseen, chosen, feature_set.modalities)
+    rng = np.random.default_rng(config.seed)
+    draws = [
+        zero_shot_report({m: rng.standard_normal((len(e), RANDOM_REFERENCE_DIM)).astype(np.float32)
+                          for m, e in embeddings.items()},
+                         labels, unseen, chosen, feature_set.modalities)
+        for _ in range(RANDOM_REFERENCE_DRAWS)
+    ]
+    random_ranking = _mean_reports(draws)
+    random_ranking.pop("unseen_classes")
+    return {
+        **report,
+        "unseen_class_names": [feature_set.class_names[k] for k in unseen],
+        "split": split,
+        "random_ranking": random_ranking,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -329,7 +393,14 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
     presets = {
         name: score_split(encoders, feature_set, "test", config, preset=name) for name in config.eval.extra_presets
     }
-    metrics = metrics_record(config, feature_set, {**best["val"], "best_epoch": best["epoch"]}, test_scores, presets)
+    extra = {}
+    unseen = unseen_classes(config, feature_set)
+    if unseen:
+        # Zero-shot run: validation (and the checkpoint) used seen classes only; the test split is whole and is
+        # scored here under the three zero-shot protocols as well (still once, with the chosen checkpoint).
+        extra["zero_shot"] = zero_shot_scores(encoders, feature_set, "test", config, unseen)
+    metrics = metrics_record(config, feature_set, {**best["val"], "best_epoch": best["epoch"]}, test_scores, presets,
+                             **extra)
 
     exports = {}
     if config.export.enabled:
