@@ -100,6 +100,13 @@ COVERED = {
         "test_method_wikipedia_commands",
     "python benchmarks/jfse_alignment.py --config configs/wikipedia/jfse.yaml --seeds 0 "
     "--set data.root=../shared/data/wikipedia": "test_method_benchmark_commands",
+    "python train.py --config configs/jfse_zero_shot.yaml": "test_zero_shot_commands",
+    "python train.py --config configs/wikipedia/jfse_zero_shot.yaml --set data.root=../shared/data/wikipedia":
+        "test_zero_shot_commands",
+    "python train.py --config configs/wikipedia/acmr.yaml --set data.root=../shared/data/wikipedia "
+    "--set data.unseen_classes=0.5": "test_zero_shot_commands",
+    "python benchmarks/zero_shot.py --data wikipedia --seeds 0 1 2 --set data.root=../shared/data/wikipedia":
+        "test_zero_shot_commands",
     "python train.py --config configs/da_gan.yaml": "test_method_synthetic_commands",
     "python benchmarks/seeds.py --config configs/wikipedia/da_gan.yaml --seeds 0 1 2 "
     "--set data.root=../shared/data/wikipedia": "test_method_benchmark_commands",
@@ -315,6 +322,33 @@ def test_method_benchmark_commands(tmp_path):
                          f"--set data.synthetic.num_test=200 --out {tmp_path / 'sdml'}", {})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Table C" in result.stdout, result.stdout[-2000:]
+
+
+def test_zero_shot_commands(tmp_path):
+    """The zero-shot commands: JFSE synthetic (one epoch, fewer items) and Wikipedia (one epoch), ACMR under the same
+    split, and the side-by-side benchmark on one seed (its real table is in the README)."""
+    root = wikipedia_root_or_skip()
+    subs = {"../shared/data/wikipedia": root}
+    runs = _method_commands("python train.py --config configs/", "test_zero_shot_commands")
+    assert len(runs) == 3
+    unseen = set()
+    for i, command in enumerate(runs):
+        run_dir = str(tmp_path / f"run{i}")
+        short = _SHORT_SYNTHETIC if "wikipedia" not in command else " --set train.epochs=1"
+        result = _run_readme(command + short + f" --set run_dir={run_dir}", subs)
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+        assert "zero-shot (unseen)" in result.stdout, result.stdout[-2000:]
+        with open(os.path.join(run_dir, "metrics.json")) as handle:
+            report = json.load(handle)["zero_shot"]
+        assert len(report["unseen_classes"]) == 5 and 0.0 < report["zero_shot"]["map_avg"] <= 1.0
+        if "wikipedia" in command:
+            unseen.add(tuple(report["unseen_class_names"]))
+    assert len(unseen) == 1  # JFSE and ACMR on Wikipedia, same seed: the same unseen categories
+    benchmark = _method_commands("python benchmarks/zero_shot.py", "test_zero_shot_commands")[0]
+    result = _run_readme(benchmark + f" --seeds 0 --methods jfse acmr --set train.epochs=1 --out {tmp_path / 'zs'}",
+                         subs)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| jfse |" in result.stdout and "| acmr |" in result.stdout, result.stdout[-2000:]
 
 
 def test_sdml_add_a_modality_commands(tmp_path):
