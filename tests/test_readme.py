@@ -107,6 +107,8 @@ COVERED = {
     "--set data.unseen_classes=0.5": "test_zero_shot_commands",
     "python benchmarks/zero_shot.py --data wikipedia --seeds 0 1 2 --set data.root=../shared/data/wikipedia":
         "test_zero_shot_commands",
+    "python benchmarks/jfse_unseen_synthesis.py --run-dir saved_models/zero-shot-wikipedia-<stamp>/jfse-seed0":
+        "test_zero_shot_commands",
     "python train.py --config configs/da_gan.yaml": "test_method_synthetic_commands",
     "python benchmarks/seeds.py --config configs/wikipedia/da_gan.yaml --seeds 0 1 2 "
     "--set data.root=../shared/data/wikipedia": "test_method_benchmark_commands",
@@ -349,6 +351,11 @@ def test_zero_shot_commands(tmp_path):
                          subs)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| jfse |" in result.stdout and "| acmr |" in result.stdout, result.stdout[-2000:]
+    diagnostic = _method_commands("python benchmarks/jfse_unseen_synthesis.py", "test_zero_shot_commands")[0]
+    result = _run_readme(diagnostic + " --per-class 20",
+                         {"saved_models/zero-shot-wikipedia-<stamp>": str(tmp_path / "zs")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "| image | features |" in result.stdout and "| text | common |" in result.stdout, result.stdout[-2000:]
 
 
 def test_sdml_add_a_modality_commands(tmp_path):
