@@ -300,7 +300,11 @@ class AdversarialModel(CrossModalModel):
 
                 tf.cond(tf.equal(step % player.every, player.every - 1), update, lambda: tf.constant(False))
         step.assign_add(1)
-        return {tracker.name: tracker.result() for tracker in self.metrics}
+        logs = {tracker.name: tracker.result() for tracker in self.metrics}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras reduces multi-worker step outputs with strategy.reduce(MEAN, axis=0), which needs a batch axis.
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
 
 
 class IndependentModalities:
