@@ -191,6 +191,18 @@ class Distribution:
         return out
 
 
+# One strategy object per process and kind, reused by every train() call: a second MirroredStrategy in the same
+# process reuses collective instance keys of the first and its all-reduces fail ("Shape mismatch in the collective
+# instance ..."), and TensorFlow allows only one MultiWorkerMirroredStrategy per process anyway.
+_STRATEGIES: dict = {}
+
+
+def _process_strategy(key, create):
+    if key not in _STRATEGIES:
+        _STRATEGIES[key] = create()
+    return _STRATEGIES[key]
+
+
 def setup_distribution(kind: str, *, environ=None) -> Distribution:
     """Create the strategy of ``train.distribution``.
 
@@ -210,10 +222,12 @@ def setup_distribution(kind: str, *, environ=None) -> Distribution:
         if not tf.config.list_physical_devices("GPU"):
             # MirroredStrategy's default is "all GPUs, else CPU:0"; logical CPU devices are replicas too.
             devices = [device.name for device in tf.config.list_logical_devices("CPU")]
-        return Distribution("mirrored", tf.distribute.MirroredStrategy(devices=devices))
+        return Distribution("mirrored", _process_strategy(("mirrored", tuple(devices or ())),
+                                                          lambda: tf.distribute.MirroredStrategy(devices=devices)))
     if kind == "multi_worker":
         role = parse_tf_config(environ.get("TF_CONFIG"))
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        strategy = _process_strategy(("multi_worker", environ.get("TF_CONFIG")),
+                                     tf.distribute.MultiWorkerMirroredStrategy)
         log.info("multi-worker training: task %s:%d of %d workers (%s), %d replicas", role.task_type, role.task_index,
                  role.num_workers, "chief" if role.is_chief else "not chief", strategy.num_replicas_in_sync)
         return Distribution("multi_worker", strategy, is_chief=role.is_chief, role=role)
