@@ -233,7 +233,9 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
         config_path: the YAML file it came from (names the default run directory).
 
     Returns:
-        ``RunResult`` with the run directory, the metrics written to ``metrics.json`` and the export paths.
+        ``RunResult`` with the run directory, the metrics written to ``metrics.json`` and the export paths; on a
+        non-chief worker of a ``train.distribution=multi_worker`` run, ``RunResult(None, {}, {})`` (the chief
+        evaluates and writes the run directory).
     """
     from tf_xmr.training.independent import is_independent, train_independent
 
