@@ -225,7 +225,7 @@ class AdversarialModel(CrossModalModel):
     @staticmethod
     def _replica_gradients(gradients, weight, optimizer):
         # An empty replica's means are NaN; weight 0 does not cancel NaN (0 * NaN = NaN), so its gradients become 0.
-        gradients = [None if g is None else tf.where(weight > 0, g, tf.zeros_like(g)) for g in gradients]
+        gradients = [None if g is None else tf.where(weight > 0, tf.convert_to_tensor(g), 0.0) for g in gradients]
         if not optimizer.global_clipnorm:
             return gradients
         # Keras clips inside apply() BEFORE summing over replicas, i.e. each replica's part; clip the summed gradient

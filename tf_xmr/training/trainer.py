@@ -271,10 +271,17 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
     with dist.scope():
         model = build_model(config, spec)
         optimizers = compile_model(model, config, jit_compile=dist.jit_compile(config.train.jit_compile))
+        # Keras 3 traces it at the first step, inside strategy.run; every variable it touches exists already.
+        model.make_train_function()
     if dist.is_chief:
         run_dir = resolve_run_dir(config, config_path)
         config = dataclasses.replace(config, run_dir=run_dir)
         resuming = prepare_run_dir(run_dir, config)
+        if resuming and not dist.supports_backup():
+            raise ConfigError(
+                f"run_dir {run_dir} holds an interrupted run; resuming is not supported with "
+                f"train.distribution={config.train.distribution}; choose another run_dir"
+            )
     else:
         # Non-chief workers keep their files out of the run directory (a private temp folder, removed at the end).
         run_dir, resuming = dist.scratch_dir(), False
