@@ -34,7 +34,13 @@ What a distributed run means here, and why each piece is the way it is:
   Other workers write what Keras insists on (TensorBoard logs) into a temporary folder that is deleted at the end, and
   learn about early stopping from the chief through a collective (``SyncStopTraining``), so every worker runs the same
   number of steps. Resuming an interrupted multi-worker run is not supported (every worker would have to restore the
-  same epoch), so ``train.backup`` is ignored under ``multi_worker``.
+  same epoch): ``train.backup`` is ignored under ``multi_worker`` and a run directory holding an interrupted run is
+  refused.
+* **Keras 3.15 details the template works around** (``tf_xmr.methods.base.AdversarialModel``): an optimiser update
+  inside ``tf.cond`` cannot synchronise replicas on CPU, so a player scheduled every k-th step gets one compiled step
+  per schedule phase; Keras' strategy-only peek at a batch before training (which shifts the shuffled epochs and
+  crashes on an uneven first batch) is skipped for the fully built model; multi-worker step outputs get a batch axis
+  for Keras' ``strategy.reduce(MEAN, axis=0)``.
 """
 
 from __future__ import annotations
