@@ -24,6 +24,10 @@ def main() -> int:
 
     config = load_experiment(args.config, args.overrides)
     result = train(config, config_path=args.config)
+    if result.run_dir is None:
+        # A non-chief worker of a multi-worker run: the chief evaluates and writes the run directory.
+        print("worker finished; the chief writes the run directory")
+        return 0
     print(format_table(result.metrics, splits=("val", "test")))
     print(f"run directory: {result.run_dir}")
     return 0

@@ -133,8 +133,14 @@ class TrainConfig:
     """The training loop."""
 
     epochs: int = cfg_field(50, ge=1)
-    # Pairs per training batch.
+    # Pairs per training batch: the GLOBAL batch of a step. Under a distribution strategy it is split across the
+    # replicas (batch_size / replicas each), so steps per epoch and the loss scale match the single-device run.
     batch_size: int = cfg_field(64, ge=2)
+    # Data-parallel training (tf_xmr/training/distribution.py): none = one device; mirrored =
+    # tf.distribute.MirroredStrategy over this machine's GPUs (or its logical CPU devices); multi_worker =
+    # tf.distribute.MultiWorkerMirroredStrategy, cluster and role from the TF_CONFIG environment variable (the chief
+    # evaluates and writes the run directory). XLA is off under a strategy (jit_compile is ignored, with a warning).
+    distribution: Literal["none", "mirrored", "multi_worker"] = "none"
     # Player name -> optimiser (players are method-specific: ACMR has embedding and discriminator).
     optimizers: dict[str, OptimizerConfig] = cfg_field(default_factory=_default_optimizers)
     # Score the whole validation split every this many epochs (and after the last); the best score picks the

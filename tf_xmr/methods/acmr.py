@@ -21,7 +21,7 @@ from tf_xmr.config import cfg_field
 from tf_xmr.errors import ConfigError
 from tf_xmr.layers import GradientReversal, mlp
 from tf_xmr.losses import acmr_structure_loss, frobenius_norm_sum, label_cross_entropy
-from tf_xmr.methods.base import AdversarialModel, DataSpec, Player
+from tf_xmr.methods.base import AdversarialModel, DataSpec, Player, gather_replicas
 from tf_xmr.methods.registry import register_method
 
 
@@ -204,13 +204,15 @@ class ACMR(AdversarialModel):
             return {"loss": loss, "accuracy": accuracy}
 
         zero = tf.constant(0.0)
-        imi = (
-            acmr_structure_loss(
-                image, text, labels, margin=cfg.margin, negative_weight=cfg.lambda_neg,
+        imi = zero
+        if cfg.use_imi:
+            # Triplets are mined over the whole batch: under tf.distribute, over the batch gathered from every
+            # replica, so the term (and its gradient) equals the single-device one (gather_replicas).
+            all_image, all_text, all_labels = gather_replicas((image, text, labels))
+            imi = acmr_structure_loss(
+                all_image, all_text, all_labels, margin=cfg.margin, negative_weight=cfg.lambda_neg,
                 mining=cfg.mining, positives=cfg.positives, reduction=cfg.reduction,
             )
-            if cfg.use_imi else zero
-        )
         imd = (
             label_cross_entropy(labels, self.label_classifiers[self.image_modality](image, training=training))
             + label_cross_entropy(labels, self.label_classifiers[self.text_modality](text, training=training))

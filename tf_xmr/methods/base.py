@@ -78,6 +78,34 @@ class Player:
         return out
 
 
+def replica_batch_weight(batch):
+    """This replica's share ``b_r / B`` of the global batch, or None outside a multi-replica step.
+
+    Keras 3's TF optimizer sums gradients over replicas; scaling each replica's loss by its share turns that sum into
+    the gradient of the global-batch loss (exact for batch means, also when the last batch splits unevenly, and for
+    terms computed on the whole gathered batch, whose weights then sum to one).
+    """
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return None
+    local = tf.cast(tf.shape(tf.nest.flatten(batch)[0])[0], tf.float32)
+    # tf.identity gives the value this replica's device; collectives refuse device-less tensors.
+    return local / ctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(local))
+
+
+def gather_replicas(values):
+    """The global batch of ``values`` (a tensor or nest, concatenated over replicas on axis 0); identity on one device.
+
+    For batch-level loss terms (in-batch triplet mining, ...) that must see the whole batch to equal the single-device
+    loss. Gradients flow back to each replica's own slice (``ReplicaContext.all_gather`` sums the upstream gradients
+    over replicas, then slices).
+    """
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync == 1:
+        return values
+    return ctx.all_gather(tf.nest.map_structure(tf.identity, values), axis=0)
+
+
 class CrossModalModel(keras.Model):
     """One encoder per modality into a common space; subclasses add heads and losses.
 
@@ -130,8 +158,10 @@ class AdversarialModel(CrossModalModel):
     def __init__(self, spec: DataSpec, **kwargs):
         super().__init__(spec, **kwargs)
         # Global step of the min-max schedule; a weight so that BackupAndRestore resumes the k-step phase exactly.
+        # only_first_replica: every replica advances it in the step; under tf.distribute one increment must count.
         self.schedule_step = self.add_weight(
-            shape=(), dtype="int64", initializer="zeros", trainable=False, name="schedule_step"
+            shape=(), dtype="int64", initializer="zeros", trainable=False, name="schedule_step",
+            aggregation="only_first_replica",
         )
 
     # -- to be supplied by each method -------------------------------------------------------------------------
@@ -172,30 +202,109 @@ class AdversarialModel(CrossModalModel):
         # Listing the trackers here is what makes Keras reset them at each epoch start.
         return list(getattr(self, "loss_trackers", {}).values())
 
-    def _update(self, player: Player, batch):
+    def _update(self, player: Player, batch, weight=None):
+        """One step of ``player``; ``weight`` is the replica's batch share under tf.distribute (else None)."""
+        optimizer = self.player_optimizers[player.name]
         with tf.GradientTape() as tape:
             losses = self.player_losses(player.name, batch, training=True)
+            objective = losses["loss"] if weight is None else losses["loss"] * weight
         variables = player.variables
-        gradients = tape.gradient(losses["loss"], variables)
-        self.player_optimizers[player.name].apply_gradients(zip(gradients, variables))
+        gradients = tape.gradient(objective, variables)
+        if weight is not None:
+            gradients = self._replica_gradients(gradients, weight, optimizer)
+        optimizer.apply_gradients(zip(gradients, variables))
         for term in player.losses:
-            self.loss_trackers[(player.name, term)].update_state(losses[term])
+            value = losses[term]
+            if weight is not None:
+                # A replica that got no items (last batch smaller than the replica count) must not log its NaN means.
+                value, sample_weight = tf.where(weight > 0, value, 0.0), tf.cast(weight > 0, tf.float32)
+                self.loss_trackers[(player.name, term)].update_state(value, sample_weight=sample_weight)
+            else:
+                self.loss_trackers[(player.name, term)].update_state(value)
+
+    @staticmethod
+    def _replica_gradients(gradients, weight, optimizer):
+        # An empty replica's means are NaN; weight 0 does not cancel NaN (0 * NaN = NaN), so its gradients become 0.
+        gradients = [None if g is None else tf.where(weight > 0, tf.convert_to_tensor(g), 0.0) for g in gradients]
+        if not optimizer.global_clipnorm:
+            return gradients
+        # Keras clips inside apply() BEFORE summing over replicas, i.e. each replica's part; clip the summed gradient
+        # here instead and hand the optimiser 1/R of it: its own clip is then a no-op (norm <= clipnorm / R) and its
+        # sum over the R replicas gives back the clipped global gradient.
+        ctx = tf.distribute.get_replica_context()
+        present = [i for i, g in enumerate(gradients) if g is not None]
+        summed = ctx.all_reduce(tf.distribute.ReduceOp.SUM, [gradients[i] for i in present])
+        clipped, _ = tf.clip_by_global_norm(summed, optimizer.global_clipnorm)
+        share = 1.0 / ctx.num_replicas_in_sync
+        out = list(gradients)
+        for i, g in zip(present, clipped):
+            out[i] = g * share
+        return out
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 (TF backend) peeks at one batch from a FRESH iterator here when the model was created under a
+        # strategy. For the seeded reshuffle-each-iteration training pipeline that consumes one permutation, so
+        # distributed epoch e would see single-device epoch e+1's order. build_for_training() created every
+        # variable and compile() attached no Keras loss or metric, so there is nothing left to build from a batch.
+        if iterator is not None and self.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def make_train_function(self, force=False):
+        """Under tf.distribute with a scheduled player (``every > 1``): one compiled step per schedule phase.
+
+        An optimiser update synchronises the replicas (a ``merge_call`` on CPU), and TensorFlow cannot place that
+        inside the ``tf.cond`` the single-device step uses for "update on every k-th step". So the phase is decided
+        here, in Python, from the step counter before each step, and each phase's step updates a fixed set of
+        players. Same updates, same order as the single-device step.
+        """
+        scheduled = any(p.every > 1 for p in getattr(self, "_players", ()))
+        if self.distribute_strategy.num_replicas_in_sync == 1 or not scheduled:
+            return super().make_train_function(force)
+        if self.train_function is not None and not force:
+            return self.train_function
+        if self.steps_per_execution != 1:
+            raise ValueError("a scheduled adversarial player under tf.distribute needs steps_per_execution=1")
+        phases = {}
+
+        def train_function(iterator):
+            step = int(self.schedule_step.numpy())
+            active = tuple(p.every == 1 or step % p.every == p.every - 1 for p in self._players)
+            if active not in phases:
+                phases[active] = self._make_function(lambda data, a=active: self._train_players(data, a))
+            return phases[active](iterator)
+
+        self.train_function = train_function
+        return train_function
 
     def train_step(self, data):
+        return self._train_players(data)
+
+    def _train_players(self, data, active=None):
+        """Update the players; ``active`` (one bool per player) fixes who updates instead of the in-graph schedule."""
         step = self.schedule_step
-        for player in self._players:
-            if player.every == 1:
+        weight = replica_batch_weight(data)
+        for i, player in enumerate(self._players):
+            if active is not None:
+                if active[i]:
+                    for _ in range(player.repeats):
+                        self._update(player, data, weight)
+            elif player.every == 1:
                 for _ in range(player.repeats):
-                    self._update(player, data)
+                    self._update(player, data, weight)
             else:
                 def update(p=player):
                     for _ in range(p.repeats):
-                        self._update(p, data)
+                        self._update(p, data, weight)
                     return tf.constant(True)
 
                 tf.cond(tf.equal(step % player.every, player.every - 1), update, lambda: tf.constant(False))
         step.assign_add(1)
-        return {tracker.name: tracker.result() for tracker in self.metrics}
+        logs = {tracker.name: tracker.result() for tracker in self.metrics}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras reduces multi-worker step outputs with strategy.reduce(MEAN, axis=0), which needs a batch axis.
+            logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
+        return logs
 
 
 class IndependentModalities:

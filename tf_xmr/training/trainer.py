@@ -104,8 +104,11 @@ def build_optimizer(opt_cfg, learning_rate_scale: float = 1.0, name: str | None 
     return keras.optimizers.RMSprop(**kwargs)
 
 
-def compile_model(model, config: ExperimentConfig):
-    """One optimiser per player, from ``train.optimizers``; a missing player entry is a config error."""
+def compile_model(model, config: ExperimentConfig, jit_compile: bool | None = None):
+    """One optimiser per player, from ``train.optimizers``; a missing player entry is a config error.
+
+    ``jit_compile`` overrides ``train.jit_compile`` (a distribution strategy turns XLA off).
+    """
     optimizers = {}
     for player in model.players():
         if player.name not in config.train.optimizers:
@@ -116,7 +119,8 @@ def compile_model(model, config: ExperimentConfig):
         optimizers[player.name] = build_optimizer(
             config.train.optimizers[player.name], player.learning_rate_scale, name=f"{player.name}_optimizer"
         )
-    model.compile(optimizers=optimizers, jit_compile=config.train.jit_compile)
+    jit = config.train.jit_compile if jit_compile is None else jit_compile
+    model.compile(optimizers=optimizers, jit_compile=jit)
     return optimizers
 
 
@@ -293,10 +297,17 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
         config_path: the YAML file it came from (names the default run directory).
 
     Returns:
-        ``RunResult`` with the run directory, the metrics written to ``metrics.json`` and the export paths.
+        ``RunResult`` with the run directory, the metrics written to ``metrics.json`` and the export paths; on a
+        non-chief worker of a ``train.distribution=multi_worker`` run, ``RunResult(None, {}, {})`` (the chief
+        evaluates and writes the run directory).
     """
     from tf_xmr.training.independent import is_independent, train_independent
 
+    if is_independent(config.method) and config.train.distribution != "none":
+        raise ConfigError(
+            f"train.distribution={config.train.distribution} is for jointly trained methods; {config.method!r} "
+            "trains independent modality networks (use train.parallel_modalities instead)"
+        )
     if is_independent(config.method):
         # The method opted into independent per-modality networks (IndependentModalities hook, e.g. SDML).
         return train_independent(config, config_path=config_path)
@@ -309,6 +320,10 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
     import keras
     import tensorflow as tf
 
+    from tf_xmr.training.distribution import setup_distribution
+
+    # First, before TensorFlow runs any op (MultiWorkerMirroredStrategy refuses later); a bad TF_CONFIG fails here.
+    dist = setup_distribution(config.train.distribution)
     keras.utils.set_random_seed(config.seed)
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -316,11 +331,24 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
     # 1. Everything that can fail on bad input, before anything is written.
     feature_set = load_data(config)
     spec = data_spec(config, feature_set)
-    model = build_model(config, spec)
-    optimizers = compile_model(model, config)
-    run_dir = resolve_run_dir(config, config_path)
-    config = dataclasses.replace(config, run_dir=run_dir)
-    resuming = prepare_run_dir(run_dir, config)
+    # Variables, optimiser slots and the compiled train step must belong to the strategy (mirrored variables).
+    with dist.scope():
+        model = build_model(config, spec)
+        optimizers = compile_model(model, config, jit_compile=dist.jit_compile(config.train.jit_compile))
+        # Keras 3 traces it at the first step, inside strategy.run; every variable it touches exists already.
+        model.make_train_function()
+    if dist.is_chief:
+        run_dir = resolve_run_dir(config, config_path)
+        config = dataclasses.replace(config, run_dir=run_dir)
+        resuming = prepare_run_dir(run_dir, config)
+        if resuming and not dist.supports_backup():
+            raise ConfigError(
+                f"run_dir {run_dir} holds an interrupted run; resuming is not supported with "
+                f"train.distribution={config.train.distribution}; choose another run_dir"
+            )
+    else:
+        # Non-chief workers keep their files out of the run directory (a private temp folder, removed at the end).
+        run_dir, resuming = dist.scratch_dir(), False
 
     # 2. The run directory.
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
@@ -344,7 +372,7 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
     if not config.train.drop_remainder and n_train % config.train.batch_size:
         steps_per_epoch += 1
     # Streamed records have unknown cardinality; stating it lets Keras show a real progress bar from epoch 1.
-    train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
+    train_ds = dist.prepare_dataset(train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch)))
 
     encoders = keras_encoders(model)
     grl_layers = model.gradient_reversal_layers()
@@ -357,7 +385,9 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
         total_epochs=config.train.epochs,
     )
     nan_guard = cb.StopOnNonFinite()
-    callbacks = [nan_guard, cb.TrainingStateLogger(model.player_optimizers, grl_layers), validation]
+    # Only the chief evaluates; dist.callbacks() then shares its early-stopping decision with the other workers.
+    callbacks = [nan_guard, cb.TrainingStateLogger(model.player_optimizers, grl_layers),
+                 *([validation] if dist.is_chief else []), *dist.callbacks()]
     if grl_layers:
         schedule, max_strength = model.gradient_reversal_schedule()
         callbacks.insert(
@@ -373,16 +403,21 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
     callbacks.append(
         keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "logs"), write_graph=False, update_freq="epoch")
     )
-    if config.train.backup:
+    if config.train.backup and dist.supports_backup():
         callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(checkpoint_dir, "backup")))
 
     model.fit(train_ds, epochs=config.train.epochs, callbacks=callbacks, verbose=config.train.verbose,
               shuffle=False)  # the tf.data pipeline shuffles (seeded); Keras must not
+    if not dist.is_chief:
+        dist.cleanup()
     if nan_guard.failure:
         raise TrainingError(
             f"training stopped: {nan_guard.failure}; lower the learning rates or loss weights "
             f"(run directory {run_dir} kept for inspection)"
         )
+    if not dist.is_chief:
+        # The chief scores, exports and writes metrics.json; this worker's part ended with the last step.
+        return RunResult(run_dir=None, metrics={}, exports={})
 
     # 3. The checkpoint chosen on validation; the test split is scored exactly once, here.
     best = validation.best
@@ -393,7 +428,7 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
     presets = {
         name: score_split(encoders, feature_set, "test", config, preset=name) for name in config.eval.extra_presets
     }
-    extra = {}
+    extra = {"distribution": dist.describe()}
     unseen = unseen_classes(config, feature_set)
     if unseen:
         # Zero-shot run: validation (and the checkpoint) used seen classes only; the test split is whole and is
