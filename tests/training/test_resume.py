@@ -256,10 +256,60 @@ def test_not_enough_disk_is_one_line_exit_2_and_nothing_written(tmp_path, monkey
     assert status == 2 and calls
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "not enough free disk space" in lines[0] and "train.disk_margin" in lines[0], err
-    # The parent may be created (it was before this check existed); the run directory and its files are not.
-    assert not os.path.exists(run_dir)
-    assert tree(tmp_path) in ([], ["runs"])
+    # Not even the missing parent folder the probe created is left behind.
+    assert tree(tmp_path) == []
     # The estimate the message quotes is the documented formula (train.disk_margin's comment).
     from tf_xmr.training import resume
 
     assert resume.estimate_run_bytes(1000, 2000, 300) == 5 * 3000 + 300 + resume.FIXED_ALLOWANCE_BYTES
+
+
+def test_a_kill_between_validation_and_backup_resumes_with_the_backup_validation_state(tmp_path):
+    """RetrievalValidation writes best.json and best.weights.h5 at the epoch end BEFORE the backup is written. A kill
+    in between must neither count the re-trained epoch twice (patience, "best" that is not better) nor keep the
+    killed attempt's checkpoint labelled with the backup's best epoch."""
+    import keras
+    import numpy as np
+
+    from tf_xmr.training import resume
+
+    def tiny():
+        model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+        optimizer = keras.optimizers.Adam()
+        optimizer.build(model.trainable_variables)
+        return model, {"only": optimizer}
+
+    checkpoints = tmp_path / "checkpoints"
+    checkpoints.mkdir()
+    scores = iter([0.5, 0.7])
+
+    def validation_for(model):
+        validation = cb.RetrievalValidation(lambda: {"map_avg": next(scores)}, str(checkpoints), every=1, patience=3,
+                                            min_delta=0.0, total_epochs=5)
+        validation.set_model(model)
+        return validation
+
+    model, optimizers = tiny()
+    validation = validation_for(model)
+    saver = resume.training_checkpoint(str(checkpoints / "backup"), optimizers=optimizers, validation=validation)
+    saver.set_model(model)
+    validation.on_epoch_end(0)  # epoch 1: best so far
+    saver.on_epoch_end(0)
+    epoch1 = [np.array(w.numpy()) for w in model.weights]
+    model.weights[0].assign(model.weights[0] + 1.0)  # epoch 2 trains ...
+    validation.on_epoch_end(1)  # ... is a new best, written ... and the process dies before saver.on_epoch_end(1)
+    assert json.loads((checkpoints / "best.json").read_text())["epoch"] == 2
+
+    resumed_model, resumed_optimizers = tiny()
+    resumed_validation = validation_for(resumed_model)
+    state, resumed_from = trainer.resume_state(True, str(checkpoints / "backup"), str(checkpoints), resumed_model,
+                                               resumed_optimizers, resumed_validation, 5, "the test run")
+    assert state["epoch"] == 1 and resumed_from == [{"epoch": 1, "step": 0}]
+    assert resumed_validation.best["epoch"] == 1 and resumed_validation.best["evaluations_since_best"] == 0
+    assert json.loads((checkpoints / "best.json").read_text())["epoch"] == 1
+    for restored, saved in zip(resumed_model.weights, epoch1):
+        np.testing.assert_array_equal(restored.numpy(), saved)  # the backup's weights
+    best, _ = tiny()
+    best.load_weights(str(checkpoints / "best.weights.h5"))
+    for restored, saved in zip(best.weights, epoch1):
+        np.testing.assert_array_equal(restored.numpy(), saved)  # the best checkpoint of epoch 1, not epoch 2's

@@ -188,7 +188,7 @@ def _make_callback():
                 "format": FORMAT,
                 "epoch": epochs_done,
                 "step": self.step,
-                "stop_training": bool(self.model.stop_training),
+                "stop_training": bool(getattr(self.model, "stop_training", False)),
                 "validation": best,
                 "resumed_from": self.resumed_from,
                 "saved_at": datetime.datetime.now().isoformat(timespec="seconds"),

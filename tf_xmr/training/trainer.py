@@ -155,7 +155,7 @@ def prepare_run_dir(run_dir: str, config: ExperimentConfig) -> bool:
     """Check the run directory before anything is written; returns True when resuming an interrupted run.
 
     A folder holding a finished run, another run's config or unknown files is refused; one holding an interrupted run
-    with the same resolved config is resumed (BackupAndRestore).
+    with the same resolved config is resumed from its last epoch backup (tf_xmr.training.resume).
     """
     resolved = to_dict(dataclasses.replace(config, run_dir=run_dir))
     if os.path.exists(run_dir):
@@ -178,13 +178,7 @@ def prepare_run_dir(run_dir: str, config: ExperimentConfig) -> bool:
                     f"{', '.join(changed[:5])}); resume with the same config or choose another run_dir"
                 )
             return True
-    parent = os.path.dirname(os.path.abspath(run_dir))
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the parent of run_dir {run_dir}: {exc.strerror}") from None
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"run_dir {run_dir} is not writable: its parent {parent} is not writable")
+    # Whether it can be created and written is checked by resume.check_run_dir, by trying (and undoing it).
     return False
 
 
