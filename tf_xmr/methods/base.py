@@ -140,7 +140,7 @@ class AdversarialModel(CrossModalModel):
 
     def __init__(self, spec: DataSpec, **kwargs):
         super().__init__(spec, **kwargs)
-        # Global step of the min-max schedule; a weight so that BackupAndRestore resumes the k-step phase exactly.
+        # Global step of the min-max schedule; a weight so that the training backup resumes the k-step phase exactly.
         self.schedule_step = self.add_weight(
             shape=(), dtype="int64", initializer="zeros", trainable=False, name="schedule_step"
         )

@@ -49,6 +49,12 @@ class ResumeError(XmrError):
     """A backup does not fit the model built from the config (it was written by other code)."""
 
 
+class BackupError(XmrError):
+    """A backup could not be written during training (disk full); training stops, the previous backup stays."""
+
+    exit_code = 1
+
+
 def state_variables(model, optimizers: dict) -> list:
     """Every variable whose value a resumed run needs, in a fixed order: the model's (weights, non-trainable state,
     SeedGenerator states) then each optimiser's (``iterations``, learning rate, slots), optimisers by name."""
@@ -170,7 +176,14 @@ def _make_callback():
         def on_epoch_end(self, epoch, logs=None):
             if self.skip():
                 return
-            self.save(epoch + 1)
+            try:
+                self.save(epoch + 1)
+            except OSError as exc:
+                # Disk full (or gone) mid-run: the half-written folder goes, the previous backup is intact.
+                clear_stale_temporaries(self.directory)
+                raise BackupError(
+                    f"could not write the epoch {epoch + 1} backup in {self.directory}: {exc.strerror or exc}; the "
+                    f"previous backup is intact: free space and rerun the same command to resume") from None
 
         def save(self, epochs_done: int) -> str:
             os.makedirs(self.directory, exist_ok=True)
