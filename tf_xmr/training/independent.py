@@ -158,7 +158,6 @@ def train_modality(config: ExperimentConfig, feature_set, spec, state, modality:
     ``FINISHED_FILE`` (its summary) and is never retrained.
     """
     import keras
-    import tensorflow as tf
 
     from tf_xmr.data import make_dataset, make_training_stream
     from tf_xmr.methods.registry import get_method
@@ -232,7 +231,7 @@ def train_modality(config: ExperimentConfig, feature_set, spec, state, modality:
     summary = {
         "best_epoch": int(validation.best["epoch"]),
         "val_loss": float(validation.best["val"]["loss"]),
-        "epochs_run": (first_epoch + epochs_run) if resumed_from else epochs_run,
+        "epochs_run": first_epoch + epochs_run,  # before an interruption too
         "train_items": int(n_train),
         "seconds": round(seconds, 3),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
