@@ -202,6 +202,30 @@ def test_every_method_resumes_mid_epoch_to_the_uninterrupted_result(method, tmp_
         assert resumed["resumed_from"] == [point]
 
 
+def test_training_stream_order_is_keyed_to_the_epoch_not_to_the_iterator():
+    """The fix behind exact resumes of the input: a stream started at epoch e (a fresh process) yields exactly the
+    batches an uninterrupted stream yields from epoch e on; every epoch is a new permutation of every item."""
+    import numpy as np
+
+    from tf_xmr.data import make_training_stream
+    from tf_xmr.data.feature_set import Split
+
+    n = 10
+    split = Split(features={"image": np.arange(n, dtype=np.float32)[:, None], "text": np.zeros((n, 1))},
+                  labels={"image": np.arange(n) % 2, "text": np.arange(n) % 2})
+
+    def epochs(first):
+        stream = make_training_stream(split, batch_size=4, num_classes=2, seed=3, first_epoch=first, epochs=4)
+        items = [int(x) for batch in stream for x in batch["image"].numpy()[:, 0]]
+        return [items[i:i + n] for i in range(0, len(items), n)]
+
+    full = epochs(0)
+    assert all(sorted(epoch) == list(range(n)) for epoch in full)  # each epoch: every item once
+    assert len({tuple(epoch) for epoch in full}) == 4  # reshuffled every epoch
+    assert epochs(2) == full[2:]
+    assert epochs(0) == full  # and a second "process" gets the same order again
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Refused before anything is written
 
