@@ -160,8 +160,17 @@ class TrainConfig:
     shuffle_buffer: int | None = cfg_field(None, ge=1)
     # Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.
     verbose: int = cfg_field(1, ge=0, le=2)
-    # Save the full training state every epoch so an interrupted run resumes (keras BackupAndRestore).
+    # Save the whole training state at the end of EVERY EPOCH (after validation) so that rerunning the same command
+    # on the same run_dir continues an interrupted run (tf_xmr.training.resume): every variable incl. RNG states,
+    # every player's optimiser, the validation state and best checkpoint. A kill mid-epoch resumes from the start of
+    # that epoch (at most one epoch is redone); with `deterministic: true` the resumed run ends with exactly the
+    # metrics of an uninterrupted one.
     backup: bool = True
+    # Free disk space required before training starts = disk_margin x the estimate of what the run writes at its
+    # peak: 5 x (model + optimiser variables) [best checkpoint and its temporary, backup new + previous, the backup's
+    # copy of the best checkpoint] + the exported encoders' variables + 16 MiB (logs, JSON, graphs). 0 disables the
+    # free-space check (the writability check always runs).
+    disk_margin: float = cfg_field(1.5, ge=0.0)
     # tf.config.experimental.enable_op_determinism(): bitwise-repeatable runs, somewhat slower.
     deterministic: bool = False
     # Methods whose modality networks train independently (e.g. SDML): one worker process per modality network

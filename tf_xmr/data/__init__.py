@@ -14,7 +14,7 @@ from tf_xmr.data.feature_set import (
     stratified_split,
     to_multi_hot,
 )
-from tf_xmr.data.pipeline import make_dataset
+from tf_xmr.data.pipeline import make_dataset, make_training_stream
 from tf_xmr.data.records import load_records, write_records
 from tf_xmr.data.synthetic import make_synthetic
 from tf_xmr.data.wikipedia import load_wikipedia
@@ -24,6 +24,7 @@ __all__ = [
     "Split",
     "RecordSplit",
     "make_dataset",
+    "make_training_stream",
     "make_synthetic",
     "load_wikipedia",
     "load_arrays",

@@ -118,7 +118,7 @@ class SemanticGroups:
             out[group_key(m)] = tf.where(empty, tf.broadcast_to(anchor[:, None, :], tf.shape(group)), group)
         return out
 
-    def attach(self, dataset, alpha: int, seed: int, exclude_anchor: bool = True):
+    def attach(self, dataset, alpha: int, seed: int, exclude_anchor: bool = True, first_step: int | None = None):
         """``dataset`` (batched) with ``{modality}_group`` (b, alpha, d_m) added to every element.
 
         Args:
@@ -126,6 +126,9 @@ class SemanticGroups:
             alpha: group size.
             seed: seeds the draw stream (a different, reproducible stream each epoch).
             exclude_anchor: leave the item itself out of its group.
+            first_step: when given, batch ``i`` of ``dataset`` draws with the key ``(first_step + i, seed)``, a pure
+                function of the global step (for a dataset that streams every epoch from a resume point); otherwise
+                the keys come from a seeded random stream re-randomised per iterator.
         """
         import tensorflow as tf
 
@@ -133,7 +136,10 @@ class SemanticGroups:
             raise DataError(f"semantic grouping: alpha must be >= 1, got {alpha}")
         modalities = tuple(self.features)
         cardinality = dataset.cardinality()
-        stream = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        if first_step is None:
+            stream = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        else:
+            stream = tf.data.Dataset.range(int(first_step), 2**62)
 
         def add(element, r):
             seed_pair = tf.stack([r, tf.constant(seed, tf.int64)])

@@ -151,4 +151,76 @@ def _records_dataset(split, mods, batch_size, num_classes, shuffle, seed, repeat
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-__all__ = ["make_dataset"]
+def make_training_stream(
+    split: Split | RecordSplit,
+    *,
+    batch_size: int,
+    num_classes: int,
+    seed: int,
+    first_epoch: int,
+    epochs: int,
+    modalities: Sequence[str] | str | None = None,
+    drop_remainder: bool = False,
+    shuffle_buffer: int | None = None,
+):
+    """The shuffled training batches of epochs ``first_epoch .. epochs - 1``, back to back, for ONE ``fit`` iterator.
+
+    Unlike ``make_dataset(shuffle=True)``, whose order depends on how many iterators the dataset object has made (a
+    reshuffle per iterator, so a fresh process restarts with the epoch-0 order), the order of epoch ``e`` here is a
+    pure function of ``(seed, e)``: a run resumed at epoch ``e`` sees exactly the batches an uninterrupted run sees
+    from epoch ``e`` on. Every epoch is batched on its own (a partial last batch per epoch unless ``drop_remainder``),
+    so ``fit`` must be given ``steps_per_epoch`` (it then keeps one iterator across epochs).
+
+    In memory the order is a full permutation (``stateless_shuffle``) and ``shuffle_buffer`` is not used; records
+    shuffle their shard list and a ``shuffle_buffer`` window with integer seeds derived from ``(seed, e)``.
+
+    Args:
+        split, batch_size, num_classes, modalities, drop_remainder, shuffle_buffer: as for ``make_dataset``.
+        seed: the run seed.
+        first_epoch: the first epoch (0-based) the stream starts with.
+        epochs: one past the last epoch.
+
+    Returns:
+        A dataset of the same elements as ``make_dataset``.
+    """
+    import tensorflow as tf
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"make_training_stream: batch_size must be a positive integer, got {batch_size!r}")
+    if not 0 <= first_epoch < epochs:
+        raise DataError(f"make_training_stream: need 0 <= first_epoch < epochs, got {first_epoch} and {epochs}")
+    mods = _resolve_modalities(split, modalities)
+    if isinstance(split, RecordSplit):
+        # A record stream cannot be indexed, so each epoch is its own pipeline with integer seeds (tf.data's
+        # shuffle takes no tensor seed); concatenation is lazy, each epoch opens its shards when it starts.
+        stream = None
+        for epoch in range(first_epoch, epochs):
+            ds = _records_dataset(split, mods, batch_size, num_classes, True, _epoch_seed(seed, epoch), False,
+                                  drop_remainder, shuffle_buffer)
+            stream = ds if stream is None else stream.concatenate(ds)
+        return stream.prefetch(tf.data.AUTOTUNE)
+    if not isinstance(split, Split):
+        raise DataError(f"make_training_stream: expected a Split or RecordSplit, got {type(split).__name__}")
+
+    n = split.num_examples(mods[0])
+    # Eager tensors are captured by reference by the map below (no copy per epoch, no constant in a graph).
+    tensors = {m: tf.convert_to_tensor(split.features[m], tf.float32) for m in mods}
+    tensors[LABELS_KEY] = tf.convert_to_tensor(to_multi_hot(split.labels[mods[0]], num_classes), tf.float32)
+    seed_value = tf.constant(int(seed), tf.int64)
+
+    def epoch_batches(epoch):
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=tf.stack([seed_value, epoch]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder)
+
+    ds = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_batches)
+    ds = ds.map(lambda idx: {key: tf.gather(value, idx) for key, value in tensors.items()},
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    # Distinct, reproducible per (seed, epoch); kept below 2**31 for tf.data's int seeds.
+    return (int(seed) * 1_000_003 + int(epoch) * 7_919 + 1) % (2**31 - 1)
+
+
+__all__ = ["make_dataset", "make_training_stream"]

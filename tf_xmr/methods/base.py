@@ -135,6 +135,17 @@ class CrossModalModel(keras.Model):
         """``(schedule, max_strength)`` for ``gradient_reversal_layers``: ``"constant"`` or ``"dann"``."""
         return "constant", 1.0
 
+    def prepare_training_stream(self, stream, *, one_pass, first_step: int):
+        """Hook for per-batch additions to the training input (DA-GAN's semantic groups); identity by default.
+
+        Args:
+            stream: the training batches from the resume point on (``tf_xmr.data.make_training_stream``).
+            one_pass: one unshuffled pass over the training split (for statistics such as class pools).
+            first_step: the global step of the stream's first batch. Random draws added here must be a function of
+                the global step (not of an iterator), so that a resumed run sees the batches of an uninterrupted one.
+        """
+        return stream
+
     def build_for_training(self) -> None:
         """Create every variable before ``fit`` (optimiser slots cannot be created inside a compiled branch)."""
         dummy = {m: tf.zeros((2, self.spec.dims[m])) for m in self.modalities}
@@ -157,7 +168,7 @@ class AdversarialModel(CrossModalModel):
 
     def __init__(self, spec: DataSpec, **kwargs):
         super().__init__(spec, **kwargs)
-        # Global step of the min-max schedule; a weight so that BackupAndRestore resumes the k-step phase exactly.
+        # Global step of the min-max schedule; a weight so that the training backup resumes the k-step phase exactly.
         # only_first_replica: every replica advances it in the step; under tf.distribute one increment must count.
         self.schedule_step = self.add_weight(
             shape=(), dtype="int64", initializer="zeros", trainable=False, name="schedule_step",

@@ -459,16 +459,29 @@ class DAGAN(AdversarialModel):
     def needs_groups(self) -> bool:
         return bool(self.intra)
 
-    def grouped_dataset(self, dataset, seed: int | None = None):
-        """Attach the semantic groups to a batched training dataset (pools read from that dataset in one pass)."""
+    def _group_seed(self, seed: int | None) -> int:
         if seed is None:
             seed = self.config.group_seed
         if seed is None:
             import numpy as np
 
             seed = int(np.random.randint(0, 2**31 - 1))  # follows the run's seed, set once at entry
+        return seed
+
+    def grouped_dataset(self, dataset, seed: int | None = None):
+        """Attach the semantic groups to a batched training dataset (pools read from that dataset in one pass)."""
+        seed = self._group_seed(seed)
         groups = SemanticGroups.from_dataset(dataset, self.modalities)
         return groups.attach(dataset, self.config.group_size, seed, exclude_anchor=self.config.exclude_anchor)
+
+    def prepare_training_stream(self, stream, *, one_pass, first_step: int):
+        """The trainer's path: pools from one unshuffled pass, group draws keyed to the global step (resumable)."""
+        if not self.needs_groups():
+            return stream
+        seed = self._group_seed(None)
+        groups = SemanticGroups.from_dataset(one_pass, self.modalities)
+        return groups.attach(stream, self.config.group_size, seed, exclude_anchor=self.config.exclude_anchor,
+                             first_step=first_step)
 
     def fit(self, x=None, *args, **kwargs):
         """``keras.Model.fit``, with the semantic groups of Sec. 4.2.3 drawn in the input pipeline when ``x`` is a

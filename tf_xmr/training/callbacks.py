@@ -65,11 +65,12 @@ class RetrievalValidation(keras.callbacks.Callback):
         self.state_path = os.path.join(checkpoint_dir, "best.json")
         self.best = {"epoch": None, "val": None, "evaluations_since_best": 0}
 
-    def on_train_begin(self, logs=None):
-        # A resumed run continues with the best score found before the interruption.
-        if os.path.exists(self.state_path) and os.path.exists(self.best_path):
-            with open(self.state_path, encoding="utf-8") as handle:
-                self.best = json.load(handle)
+    def restore(self, best: dict) -> None:
+        """Continue with the state saved in a training backup (``tf_xmr.training.resume``), never with best.json:
+        best.json is written at the epoch end BEFORE the backup, so after a kill in between it already counts the
+        epoch that the resumed run trains again (a double-counted patience step, a "best" that is not better)."""
+        self.best = {"epoch": best["epoch"], "val": best["val"],
+                     "evaluations_since_best": int(best["evaluations_since_best"])}
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs if logs is not None else {}
@@ -97,6 +98,20 @@ class RetrievalValidation(keras.callbacks.Callback):
                 log.info("early stopping: no improvement in %d evaluations", self.patience)
                 self.model.stop_training = True
         atomic_write_text(self.state_path, json.dumps(self.best, indent=2))
+
+
+class TensorBoard(keras.callbacks.TensorBoard):
+    """``keras.callbacks.TensorBoard`` that flushes its event files at every epoch end.
+
+    Keras leaves the epoch summaries in the writer's buffer (flushed every two minutes or at the end of ``fit``), so
+    a killed run lost the curves of the epochs its backup already holds, and the resumed run's curves started with a
+    gap. The resumed run writes a new event file next to the old ones, from the epoch it continues with.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        for writer in getattr(self, "_writers", {}).values():
+            writer.flush()
 
 
 class GradientReversalSchedule(keras.callbacks.Callback):
@@ -167,3 +182,53 @@ class StopOnNonFinite(keras.callbacks.Callback):
                 self.failure = f"{key} became {value} at epoch {self._epoch + 1}, batch {batch + 1}"
                 self.model.stop_training = True
                 return
+
+
+class FaultInjection(keras.callbacks.Callback):
+    """Test hook: simulates a crash at a given point of training, configured by the environment variable
+    ``TF_XMR_FAULT`` (never set in normal use), e.g. ``action=raise,epoch=2,step=3`` or
+    ``action=pause,epoch=2,step=3,marker=/tmp/paused,network=text``.
+
+    ``epoch`` is 1-based, ``step`` the 0-based batch of that epoch, at whose start the fault happens: ``raise``
+    raises ``SimulatedFault``; ``pause`` writes ``marker`` and sleeps, so a test can SIGKILL the process knowing it is
+    mid-epoch (weights updated by ``step`` batches of the epoch, nothing of it saved). ``network`` restricts the fault
+    to one modality network of independent training (SDML).
+    """
+
+    ENV = "TF_XMR_FAULT"
+
+    def __init__(self, action: str, epoch: int, step: int, marker: str | None = None):
+        super().__init__()
+        if action not in ("raise", "pause"):
+            raise ValueError(f"{self.ENV}: action must be raise or pause, got {action!r}")
+        self.action, self.epoch, self.step, self.marker = action, int(epoch), int(step), marker
+        self._epoch = 0
+
+    @classmethod
+    def from_env(cls, network: str | None = None):
+        """The configured fault, or None when ``TF_XMR_FAULT`` is unset or names another network."""
+        spec = os.environ.get(cls.ENV)
+        if not spec:
+            return None
+        fields = dict(item.split("=", 1) for item in spec.split(","))
+        if "network" in fields and fields["network"] != network:
+            return None
+        return cls(fields["action"], int(fields["epoch"]), int(fields["step"]), fields.get("marker"))
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self._epoch + 1 != self.epoch or batch != self.step:
+            return
+        if self.action == "raise":
+            raise SimulatedFault(f"simulated fault at epoch {self.epoch}, step {self.step}")
+        import time
+
+        atomic_write_text(self.marker, f"epoch={self.epoch} step={self.step} pid={os.getpid()}\n")
+        while True:  # until killed
+            time.sleep(1.0)
+
+
+class SimulatedFault(RuntimeError):
+    """Raised by ``FaultInjection`` (a bug-like crash: not a user error, so the CLI keeps the traceback)."""

@@ -46,6 +46,8 @@ SHARED_FILE = "shared_state.npz"
 MODALITY_DIR = "modalities"
 PARTIAL_SUFFIX = ".partial"
 CHECKPOINT = "best.weights.h5"
+#: Written into a network's folder when it has finished training (its summary): a resumed run keeps it as it is.
+FINISHED_FILE = "training.json"
 
 
 def is_independent(method: str) -> bool:
@@ -150,14 +152,18 @@ def train_modality(config: ExperimentConfig, feature_set, spec, state, modality:
 
     The network is seeded with the run seed whichever way it is run (in-process or in a worker), as the authors'
     code reseeds every view process, so sequential and parallel runs build the same initial weights.
+
+    Resuming: a network whose ``out_dir`` holds a backup (``checkpoints/backup``, one per epoch end) continues from
+    it, exactly as a jointly trained model does (``tf_xmr.training.resume``); a finished network leaves
+    ``FINISHED_FILE`` (its summary) and is never retrained.
     """
     import keras
-    import tensorflow as tf
 
-    from tf_xmr.data import make_dataset
+    from tf_xmr.data import make_dataset, make_training_stream
     from tf_xmr.methods.registry import get_method
     from tf_xmr.training import callbacks as cb
-    from tf_xmr.training.trainer import TrainingError, build_optimizer
+    from tf_xmr.training import resume
+    from tf_xmr.training.trainer import TrainingError, build_optimizer, resume_state
 
     keras.utils.set_random_seed(config.seed)
     model_class = get_method(config.method).model_class
@@ -174,10 +180,6 @@ def train_modality(config: ExperimentConfig, feature_set, spec, state, modality:
             f"modality {modality!r} has {n_train} training items, fewer than one batch of {batch} with "
             "train.drop_remainder=true; lower train.batch_size"
         )
-    train_ds = make_dataset(
-        train_split, batch_size=batch, num_classes=feature_set.num_classes, modalities=[modality], shuffle=True,
-        seed=config.seed, drop_remainder=config.train.drop_remainder, shuffle_buffer=config.train.shuffle_buffer,
-    ).apply(tf.data.experimental.assert_cardinality(steps))
     val_ds = make_dataset(feature_set.splits["val"], batch_size=config.train.eval_batch_size,
                           num_classes=feature_set.num_classes, modalities=[modality])
 
@@ -193,30 +195,63 @@ def train_modality(config: ExperimentConfig, feature_set, spec, state, modality:
         nan_guard,
         cb.TrainingStateLogger({modality: optimizer}, []),
         validation,
-        keras.callbacks.TensorBoard(log_dir=os.path.join(out_dir, "logs"), write_graph=False, update_freq="epoch"),
+        cb.TensorBoard(log_dir=os.path.join(out_dir, "logs"), write_graph=False, update_freq="epoch"),
     ]
-    if config.train.backup:
-        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(checkpoint_dir, "backup")))
+    fault = cb.FaultInjection.from_env(network=modality)
+    if fault is not None:
+        callbacks.insert(0, fault)
     callbacks.extend(extra_callbacks)
+    backup_dir = os.path.join(checkpoint_dir, "backup")
+    optimizers = {modality: optimizer}
+    state, resumed_from = resume_state(config.train.backup and os.path.isdir(backup_dir), backup_dir, checkpoint_dir,
+                                       net, optimizers, validation, config.train.epochs,
+                                       f"the interrupted {modality} network in {out_dir}")
+    if config.train.backup:
+        callbacks.append(resume.training_checkpoint(  # last: it saves the epoch's validation state too
+            backup_dir, optimizers=optimizers, validation=validation, resumed_from=resumed_from,
+            step=state["step"] if state else 0, skip=lambda: nan_guard.failure is not None))
+    first_epoch = state["epoch"] if state else 0
     start = time.perf_counter()
-    history = net.fit(train_ds, epochs=config.train.epochs, callbacks=callbacks, verbose=config.train.verbose,
-                      shuffle=False)
+    epochs_run = 0
+    if first_epoch < config.train.epochs and not (state and state["stop_training"]):
+        # Each epoch's order keyed to (seed, epoch), one iterator over the remaining epochs (make_training_stream).
+        train_ds = make_training_stream(
+            train_split, batch_size=batch, num_classes=feature_set.num_classes, modalities=[modality],
+            seed=config.seed, first_epoch=first_epoch, epochs=config.train.epochs,
+            drop_remainder=config.train.drop_remainder, shuffle_buffer=config.train.shuffle_buffer,
+        )
+        history = net.fit(train_ds, epochs=config.train.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
+                          callbacks=callbacks, verbose=config.train.verbose, shuffle=False)
+        epochs_run = len(history.epoch)
     seconds = time.perf_counter() - start
     if nan_guard.failure:
         raise TrainingError(f"modality {modality!r}: training stopped: {nan_guard.failure}; lower its learning rate")
     if validation.best["epoch"] is None:
         raise TrainingError(f"modality {modality!r}: no validation evaluation ran, so no checkpoint was selected")
-    if config.train.backup:
-        shutil.rmtree(os.path.join(checkpoint_dir, "backup"), ignore_errors=True)
-    return {
+    summary = {
         "best_epoch": int(validation.best["epoch"]),
         "val_loss": float(validation.best["val"]["loss"]),
-        "epochs_run": len(history.epoch),
+        "epochs_run": first_epoch + epochs_run,  # before an interruption too
         "train_items": int(n_train),
         "seconds": round(seconds, 3),
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "pid": os.getpid(),
+        "resumed_from": resumed_from,
     }
+    # The marker first, then the backup goes: a kill in between leaves a finished network, never a lost one.
+    _write_json(os.path.join(out_dir, FINISHED_FILE), summary)
+    if config.train.backup:
+        shutil.rmtree(backup_dir, ignore_errors=True)
+    return summary
+
+
+def finished_summary(out_dir: str) -> dict | None:
+    """The summary a network wrote when it finished training into ``out_dir``, or None."""
+    path = os.path.join(out_dir, FINISHED_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
 
 
 def _worker(config_dict: dict, run_dir: str, modality: str, out_dir: str, threads: int, log_level: int,
@@ -242,23 +277,31 @@ def _train_modalities(config, feature_set, spec, state, modalities, run_dir) -> 
     """Train each modality into its staging folder and rename it into place; modality -> summary."""
     staging = {m: modality_dir(run_dir, m) + PARTIAL_SUFFIX for m in modalities}
     results = {}
-    parallel = config.train.parallel_modalities and len(modalities) > 1
+    # Networks that finished before an interruption are kept as they are; the interrupted one resumes from its
+    # last epoch backup, the others start.
+    for m in modalities:
+        summary = finished_summary(staging[m])
+        if summary is not None:
+            log.info("the %s network finished before the interruption; kept", m)
+            results[m] = {**summary, "kept": True}
+    pending = tuple(m for m in modalities if m not in results)
+    parallel = config.train.parallel_modalities and len(pending) > 1
     start = time.perf_counter()
     if parallel:
-        workers = min(len(modalities), config.train.max_workers or len(modalities))
+        workers = min(len(pending), config.train.max_workers or len(pending))
         threads = max(1, (os.cpu_count() or 1) // workers)
-        log.info("training %d modality networks in %d worker processes (%d thread(s) each)", len(modalities),
+        log.info("training %d modality networks in %d worker processes (%d thread(s) each)", len(pending),
                  workers, threads)
         context = multiprocessing.get_context("spawn")
         payload = to_dict(config)
         with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             futures = {pool.submit(_worker, payload, run_dir, m, staging[m], threads, logging.getLogger().level,
                                    os.getpid()): m
-                       for m in modalities}
+                       for m in pending}
             for future in concurrent.futures.as_completed(futures):
                 results[futures[future]] = future.result()
     else:
-        for m in modalities:
+        for m in pending:
             log.info("training the %s network", m)
             results[m] = train_modality(config, feature_set, spec, state, m, staging[m])
     wall = time.perf_counter() - start
@@ -433,8 +476,18 @@ def train_independent(config: ExperimentConfig, *, config_path: str | None = Non
                  else model_class.create_shared_state(config.model, spec, config.seed))
         model_class.check_shared_state(config.model, spec, state, "the generated shared state")
     # Build one network per modality to be trained now: a model that does not fit its data fails here.
+    from tf_xmr.training import resume
+
+    needed = 0
     for m in to_train:
-        model_class.modality_model(config.model, spec, m, state)
+        net = model_class.modality_model(config.model, spec, m, state)
+        trainable = resume.variable_bytes(net.trainable_variables)
+        # Optimiser state counted as Adam's two slots per trainable variable (the most any supported optimiser has).
+        needed += resume.estimate_run_bytes(
+            resume.variable_bytes(net.variables), 2 * trainable,
+            resume.variable_bytes(net.encoder.variables) if config.export.enabled else 0, config.train.backup)
+    # Unwritable or too full: one line, exit 2, before anything is written.
+    resume.check_run_dir(run_dir, needed, config.train.disk_margin)
 
     # 2. The run directory.
     os.makedirs(os.path.join(run_dir, MODALITY_DIR), exist_ok=True)
@@ -483,6 +536,8 @@ def train_independent(config: ExperimentConfig, *, config_path: str | None = Non
     zero_shot = {"zero_shot": zero_shot_scores(encoders, scored_set, "test", config, unseen)} if unseen else {}
     metrics = metrics_record(
         config, feature_set, val, test_scores, presets, **zero_shot,
+        # Per network trained by this run: its resume history ({"epoch", "step"} per resume; [] = uninterrupted).
+        resumed_from={m: training["modalities"].get(m, {}).get("resumed_from", []) for m in to_train},
         modalities=list(scored),
         selection="per-modality checkpoint with the lowest validation loss of that modality's own network",
         training={"trained_now": list(to_train), "reused": list(stored), **training},

@@ -223,7 +223,7 @@ def prepare_run_dir(run_dir: str, config: ExperimentConfig) -> bool:
     """Check the run directory before anything is written; returns True when resuming an interrupted run.
 
     A folder holding a finished run, another run's config or unknown files is refused; one holding an interrupted run
-    with the same resolved config is resumed (BackupAndRestore).
+    with the same resolved config is resumed from its last epoch backup (tf_xmr.training.resume).
     """
     resolved = to_dict(dataclasses.replace(config, run_dir=run_dir))
     if os.path.exists(run_dir):
@@ -246,13 +246,7 @@ def prepare_run_dir(run_dir: str, config: ExperimentConfig) -> bool:
                     f"{', '.join(changed[:5])}); resume with the same config or choose another run_dir"
                 )
             return True
-    parent = os.path.dirname(os.path.abspath(run_dir))
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create the parent of run_dir {run_dir}: {exc.strerror}") from None
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"run_dir parent {parent} is not writable")
+    # Whether it can be created and written is checked by resume.check_run_dir, by trying (and undoing it).
     return False
 
 
@@ -283,6 +277,37 @@ def _write_json(path: str, payload: dict) -> None:
     from tf_xmr.training.callbacks import atomic_write_text
 
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def resume_state(resuming: bool, backup_dir: str, checkpoint_dir: str, model, optimizers: dict, validation,
+                 epochs: int, where: str):
+    """Restore the newest complete backup of an interrupted run into ``model``, its optimisers and ``validation``.
+
+    Returns:
+        ``(state, resumed_from)``: the backup's state (None when starting from scratch) and the resume history
+        (one ``{"epoch", "step"}`` per resume, oldest first; empty for an uninterrupted run) for metrics.json.
+    """
+    from tf_xmr.training import resume
+
+    state = None
+    if resuming:
+        resume.clear_stale_temporaries(backup_dir)
+        state = resume.latest_backup(backup_dir)
+    if state is None:
+        if resuming:
+            log.info("resuming %s: no epoch was completed before the interruption, starting from epoch 1", where)
+        # A best checkpoint without a backup belongs to an attempt that is now redone from scratch.
+        for name in ("best.weights.h5", "best.json"):
+            if os.path.exists(os.path.join(checkpoint_dir, name)):
+                os.remove(os.path.join(checkpoint_dir, name))
+        return None, []
+    resume.restore(state, model, optimizers)
+    resume.restore_best_checkpoint(state, checkpoint_dir)
+    validation.restore(state["validation"])
+    point = resume.describe(state)
+    log.info("resuming %s from the end of epoch %d of %d (global step %d; backup of %s)",
+             where, point["epoch"], epochs, point["step"], state["saved_at"])
+    return state, [*state["resumed_from"], point]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -337,6 +362,9 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
         optimizers = compile_model(model, config, jit_compile=dist.jit_compile(config.train.jit_compile))
         # Keras 3 traces it at the first step, inside strategy.run; every variable it touches exists already.
         model.make_train_function()
+    from tf_xmr.training import resume
+
+    backup = config.train.backup and dist.supports_backup()
     if dist.is_chief:
         run_dir = resolve_run_dir(config, config_path)
         config = dataclasses.replace(config, run_dir=run_dir)
@@ -346,6 +374,9 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
                 f"run_dir {run_dir} holds an interrupted run; resuming is not supported with "
                 f"train.distribution={config.train.distribution}; choose another run_dir"
             )
+        # Unwritable or too full: one line, exit 2, before anything is written.
+        resume.check_run_dir(run_dir, resume.joint_run_bytes(model, optimizers, export=config.export.enabled,
+                                                             backup=backup), config.train.disk_margin)
     else:
         # Non-chief workers keep their files out of the run directory (a private temp folder, removed at the end).
         run_dir, resuming = dist.scratch_dir(), False
@@ -356,23 +387,15 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
     if not resuming:
         dump_yaml(config, os.path.join(run_dir, "config.yaml"))
         _write_json(os.path.join(run_dir, "data.json"), feature_set.summary())
-    else:
-        log.info("resuming the interrupted run in %s", run_dir)
 
     from tf_xmr.data import make_dataset
     from tf_xmr.training import callbacks as cb
 
     train_split = feature_set.splits["train"]
-    train_ds = make_dataset(
-        train_split, batch_size=config.train.batch_size, num_classes=feature_set.num_classes, shuffle=True,
-        seed=config.seed, drop_remainder=config.train.drop_remainder, shuffle_buffer=config.train.shuffle_buffer,
-    )
     n_train = train_split.num_examples()
     steps_per_epoch = n_train // config.train.batch_size
     if not config.train.drop_remainder and n_train % config.train.batch_size:
         steps_per_epoch += 1
-    # Streamed records have unknown cardinality; stating it lets Keras show a real progress bar from epoch 1.
-    train_ds = dist.prepare_dataset(train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch)))
 
     encoders = keras_encoders(model)
     grl_layers = model.gradient_reversal_layers()
@@ -401,13 +424,36 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
             ),
         )
     callbacks.append(
-        keras.callbacks.TensorBoard(log_dir=os.path.join(run_dir, "logs"), write_graph=False, update_freq="epoch")
+        cb.TensorBoard(log_dir=os.path.join(run_dir, "logs"), write_graph=False, update_freq="epoch")
     )
-    if config.train.backup and dist.supports_backup():
-        callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(checkpoint_dir, "backup")))
+    fault = cb.FaultInjection.from_env()
+    if fault is not None:
+        callbacks.insert(0, fault)
+    backup_dir = os.path.join(checkpoint_dir, "backup")
+    state, resumed_from = resume_state(resuming and backup, backup_dir, checkpoint_dir, model,
+                                       optimizers, validation, config.train.epochs,
+                                       f"the interrupted run in {run_dir}")
+    if backup:
+        # Last: it saves the epoch's validation state and best checkpoint too.
+        callbacks.append(resume.training_checkpoint(
+            backup_dir, optimizers=optimizers, validation=validation, resumed_from=resumed_from,
+            step=state["step"] if state else 0, skip=lambda: nan_guard.failure is not None))
 
-    model.fit(train_ds, epochs=config.train.epochs, callbacks=callbacks, verbose=config.train.verbose,
-              shuffle=False)  # the tf.data pipeline shuffles (seeded); Keras must not
+    first_epoch = state["epoch"] if state else 0
+    if first_epoch < config.train.epochs and not (state and state["stop_training"]):
+        from tf_xmr.data import make_training_stream
+
+        # One iterator over every remaining epoch, each epoch's order keyed to (seed, epoch): see make_training_stream.
+        train_ds = make_training_stream(
+            train_split, batch_size=config.train.batch_size, num_classes=feature_set.num_classes, seed=config.seed,
+            first_epoch=first_epoch, epochs=config.train.epochs, drop_remainder=config.train.drop_remainder,
+            shuffle_buffer=config.train.shuffle_buffer,
+        )
+        one_pass = make_dataset(train_split, batch_size=config.train.batch_size, num_classes=feature_set.num_classes)
+        train_ds = model.prepare_training_stream(train_ds, one_pass=one_pass, first_step=first_epoch * steps_per_epoch)
+        model.fit(dist.prepare_dataset(train_ds), epochs=config.train.epochs, initial_epoch=first_epoch,
+                  steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=config.train.verbose,
+                  shuffle=False)  # the tf.data pipeline shuffles (seeded); Keras must not
     if not dist.is_chief:
         dist.cleanup()
     if nan_guard.failure:
@@ -428,7 +474,7 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
     presets = {
         name: score_split(encoders, feature_set, "test", config, preset=name) for name in config.eval.extra_presets
     }
-    extra = {"distribution": dist.describe()}
+    extra = {"distribution": dist.describe(), "resumed_from": resumed_from}
     unseen = unseen_classes(config, feature_set)
     if unseen:
         # Zero-shot run: validation (and the checkpoint) used seen classes only; the test split is whole and is
