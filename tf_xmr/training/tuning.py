@@ -447,6 +447,8 @@ def _tuner_class(kind: str):
             super().on_trial_end(trial)
             _write_trial_hparams(self.search_spec, self.oracle.trials[trial.trial_id], self.get_trial_dir(
                 trial.trial_id))
+            # The table after every trial, so a long search can be watched (and read if it is interrupted).
+            write_table(self.search_spec, trial_rows(self.search_spec, self))
             self.trials_run += 1
 
     base = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization, "hyperband": kt.Hyperband,
