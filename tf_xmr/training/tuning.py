@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import difflib
+import importlib.util
 import io
 import json
 import logging
@@ -166,6 +167,10 @@ class Search:
             raise ConfigError(f"config key 'tune.space'{where} is empty: name at least one dotted config key to search")
         if tune.tuner in ("random", "bayesian") and tune.max_trials is None:
             raise ConfigError(f"config key 'tune.max_trials'{where} is required for tuner {tune.tuner!r}")
+        if tune.tuner == "bayesian" and importlib.util.find_spec("sklearn") is None:
+            # keras_tuner's BayesianOptimization imports scikit-learn lazily, which requirements.txt does not pin.
+            raise ConfigError(f"config key 'tune.tuner'{self._where('tune.tuner')}: 'bayesian' needs scikit-learn "
+                              "(pip install scikit-learn, not part of requirements.txt); or use random or hyperband")
         if tune.tuner == "hyperband" and tune.max_trials is not None:
             raise ConfigError(f"config key 'tune.max_trials'{self._where('tune.max_trials')} must be null for tuner "
                               "'hyperband' (its trial count follows from the epochs and tune.factor)")
@@ -432,8 +437,11 @@ def _tuner_class(kind: str):
 
         def run_trial(self, trial, *args, **kwargs):
             model = self._try_build(trial.hyperparameters)
-            return self.hypermodel.fit(trial.hyperparameters, model, *args,
-                                       trial_dir=self.get_trial_dir(trial.trial_id), **kwargs)
+            trial_dir = self.get_trial_dir(trial.trial_id)
+            # Hyperband reads this back before continuing a trial (keras_tuner's own run_trial writes it too); our
+            # models are fully built by build(), so it holds null.
+            _write_json(self._get_build_config_fname(trial.trial_id), model.get_build_config())
+            return self.hypermodel.fit(trial.hyperparameters, model, *args, trial_dir=trial_dir, **kwargs)
 
         def _populate_initial_space(self):
             # The space is fixed and passed in as `hyperparameters`; keras_tuner's default builds a whole model here
@@ -657,14 +665,19 @@ def tune(config_path: str, overrides: Sequence[str] = ()) -> TuneResult:
     # Data problems (missing files, NaN features) surface here, before the directory exists.
     search.feature_set(search.resolve({}))
 
-    os.makedirs(search.directory, exist_ok=True)
+    created = not os.path.exists(search.directory)
+    try:
+        # keras_tuner creates the directory (and, when continuing, reloads its state) here.
+        tuner = make_tuner(search)
+    except BaseException:
+        if created:
+            shutil.rmtree(search.directory, ignore_errors=True)
+        raise
     if not resuming:
         _write_json(os.path.join(search.directory, SEARCH_FILE), {"format": 1, "search": search.fingerprint()})
         write_hparams_config(search)
     else:
         log.info("continuing the search in %s", search.directory)
-
-    tuner = make_tuner(search)
     try:
         tuner.search(verbose=1 if search.config.train.verbose else 0)
     except RuntimeError as exc:
