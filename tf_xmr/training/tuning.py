@@ -103,6 +103,7 @@ class Search:
         data, sources = load_yaml(config_path)
         data = apply_overrides(data, overrides, sources)
         self.config_path = config_path
+        self.overrides = list(overrides)
         self.config: ExperimentConfig = experiment_from_dict(data, sources)
         if self.config.tune is None:
             raise ConfigError(f"config {config_path} has no 'tune' section: tune.py needs one naming the search space "
@@ -328,7 +329,7 @@ def make_hypermodel(search: Search):
         """
 
         def __init__(self):
-            super().__init__(name=search.config.method, tunable=False)
+            super().__init__(name=search.config.method)
             self.search = search
 
         def trial_config(self, hp) -> ExperimentConfig:
@@ -626,9 +627,11 @@ def write_best_config(search: Search, best: TrialRow) -> str:
     os.remove(tmp)
     values = ", ".join(f"{key}={json.dumps(value)}" for key, value in best.values.items())
     trained = f"{best.epochs} epochs per trial" if best.epochs else ""
+    command = " ".join(" ".join(["python tune.py --config", search.config_path,
+                                 *(f"--set {o}" for o in search.overrides)]).split())  # one comment line
     header = (
-        f"# Best trial ({best.trial_id}) of the search in {search.directory} (python tune.py --config "
-        f"{search.config_path}): best validation map_avg {best.val_map_avg:.4f} at epoch {best.best_epoch}"
+        f"# Best trial ({best.trial_id}) of the search in {search.directory} ({command}):\n"
+        f"# best validation map_avg {best.val_map_avg:.4f} at epoch {best.best_epoch}"
         f"{' of ' + trained if trained else ''}.\n"
         f"# Values: {values}. The test split was not used to choose them.\n"
         f"# Train and test it with: python train.py --config {path}\n"
@@ -679,7 +682,9 @@ def tune(config_path: str, overrides: Sequence[str] = ()) -> TuneResult:
     else:
         log.info("continuing the search in %s", search.directory)
     try:
-        tuner.search(verbose=1 if search.config.train.verbose else 0)
+        # keras_tuner's per-trial summary (values, score, best so far) is shown even when train.verbose silences
+        # the per-epoch progress bars: it is what a long search is watched by.
+        tuner.search(verbose=1)
     except RuntimeError as exc:
         # keras_tuner stops after max_consecutive_failed_trials FAILED trials with a multi-line RuntimeError.
         if "consecutive failures" not in str(exc).lower():
