@@ -35,7 +35,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tf_xmr.config import SourceMap, apply_overrides, dump_yaml, load_yaml, to_dict
+from tf_xmr.config import apply_overrides, dump_yaml, load_yaml, to_dict
 from tf_xmr.config.schema import ExperimentConfig, SearchDimension, TuneConfig, config_name, experiment_from_dict
 from tf_xmr.errors import ConfigError, XmrError
 from tf_xmr.training import trainer
@@ -64,6 +64,8 @@ class TuningError(XmrError):
 
 @dataclasses.dataclass
 class TrialRow:
+    """One line of the trials table; ``val_map_avg`` / ``best_epoch`` are None unless the trial completed."""
+
     trial_id: str
     values: dict
     val_map_avg: float | None
@@ -74,6 +76,8 @@ class TrialRow:
 
 @dataclasses.dataclass
 class TuneResult:
+    """What ``tune`` returns: every trial's row, the best one, the files written, the trials run by this call."""
+
     search: "Search"
     directory: str
     rows: list[TrialRow]
@@ -139,6 +143,20 @@ class Search:
             sources.record(value, label or self.sources.lookup(f"tune.space.{key}") or "tune.space", key)
         config = experiment_from_dict(data, sources)
         return dataclasses.replace(config, tune=None)
+
+    def values_of(self, hp_values: Mapping[str, Any]) -> dict:
+        """A trial's values of the space keys (keras_tuner adds tuner/* entries of its own).
+
+        Stepped floats are rounded to 12 significant digits: keras_tuner computes them as min + i * step, which gives
+        0.30000000000000004 for 0 + 3 * 0.1, a value nobody would write into a config.
+        """
+        values = {}
+        for key, dim in self.tune.space.items():
+            value = hp_values.get(key)
+            if isinstance(value, float) and dim.kind in ("float", "log") and dim.step is not None:
+                value = float(f"{value:.12g}")
+            values[key] = value
+        return values
 
     def feature_set(self, config: ExperimentConfig):
         """The loaded data for ``config``; loaded once per distinct data section and seed (both may be searched)."""
@@ -333,7 +351,7 @@ def make_hypermodel(search: Search):
             self.search = search
 
         def trial_config(self, hp) -> ExperimentConfig:
-            return search.resolve({key: hp.values[key] for key in search.tune.space})
+            return search.resolve(search.values_of(hp.values))
 
         def build(self, hp):
             config = self.trial_config(hp)
@@ -530,7 +548,7 @@ def _write_trial_hparams(search: Search, trial, trial_dir: str) -> None:
     import tensorflow as tf
     from tensorboard.plugins.hparams import api as hp_api
 
-    values = {key: trial.hyperparameters.values.get(key) for key in search.tune.space}
+    values = search.values_of(trial.hyperparameters.values)
     result = _read_result(trial_dir)
     run = os.path.join(search.directory, HPARAMS_DIR, os.path.basename(trial_dir))
     with tf.summary.create_file_writer(run).as_default():
@@ -562,7 +580,7 @@ def trial_rows(search: Search, tuner) -> list[TrialRow]:
         score = trial.score if trial.status == "COMPLETED" else None
         rows.append(TrialRow(
             trial_id=trial_id,
-            values={key: trial.hyperparameters.values.get(key) for key in search.tune.space},
+            values=search.values_of(trial.hyperparameters.values),
             val_map_avg=None if score is None or math.isnan(score) else float(score),
             best_epoch=result.get("best_epoch") if score is not None else None,
             epochs=trial.hyperparameters.values.get("tuner/epochs", result.get("epochs")),
