@@ -491,7 +491,9 @@ def make_tuner(search: Search):
     kwargs = dict(
         hypermodel=make_hypermodel(search),
         objective=kt.Objective(OBJECTIVE, direction="max"),
-        seed=tune.seed,
+        # keras_tuner 1.4.8 takes seed 0 for "no seed" (`seed or random.randint(1, 10000)`), which would make
+        # tune.seed 0 draw different trials on every fresh start; shifting by one keeps every tune.seed repeatable.
+        seed=tune.seed + 1,
         hyperparameters=_hyperparameters(tune.space),
         # The space is exactly tune.space: nothing else becomes a hyperparameter behind the user's back.
         tune_new_entries=False,
