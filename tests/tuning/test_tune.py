@@ -229,3 +229,22 @@ def test_the_tuner_seed_makes_the_draws_repeatable(tmp_path):
     # Seed 0 included: keras_tuner alone would read it as "no seed" and draw at random.
     assert draws("a", 0) == draws("b", 0)
     assert draws("c", 0) != draws("d", 1)
+
+
+def test_hyperband_continues_trials_from_their_best_checkpoint(tmp_path):
+    directory = tmp_path / "hyperband"
+    code, _, err = run_tune_here(_overrides(str(directory), "tune.tuner=hyperband", "tune.max_trials=null",
+                                            "tune.factor=2", "tune.space={model.alpha: {kind: choice, values: "
+                                            "[0.1, 1, 10]}}"))
+    assert code == 0, err[-3000:]
+    rows = _table(str(directory))
+    assert rows and all(row["status"] == "COMPLETED" for row in rows)
+    continued = [row for row in rows
+                 if _trial_json(str(directory), row["trial"])["hyperparameters"]["values"].get("tuner/initial_epoch")]
+    # Hyperband's second round trains a first-round model on from epoch 1 to 2 (keras_tuner passes initial_epoch and
+    # loads that trial's RetrievalValidation checkpoint); only epoch 2 is evaluated in it.
+    assert continued
+    for row in continued:
+        with open(directory / f"trial_{row['trial']}" / "result.json") as handle:
+            result = json.load(handle)
+        assert result["initial_epoch"] == 1 and result["epochs"] == EPOCHS and result["best_epoch"] == EPOCHS
