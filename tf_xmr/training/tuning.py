@@ -457,7 +457,7 @@ def _tuner_class(kind: str):
         def run_trial(self, trial, *args, **kwargs):
             model = self._try_build(trial.hyperparameters)
             trial_dir = self.get_trial_dir(trial.trial_id)
-            # Hyperband reads this back before continuing a trial (keras_tuner's own run_trial writes it too); our
+            # Hyperband reads this back before continuing a trial (keras_tuner's own fit path writes it too); our
             # models are fully built by build(), so it holds null.
             _write_json(self._get_build_config_fname(trial.trial_id), model.get_build_config())
             return self.hypermodel.fit(trial.hyperparameters, model, *args, trial_dir=trial_dir, **kwargs)
