@@ -1,8 +1,8 @@
 """The experiment config: frozen dataclasses for every section, and the loader that resolves a YAML file.
 
 Sections: ``seed``, ``run_dir``, ``method``, ``data``, ``model`` (the method's own dataclass, chosen by ``method``),
-``train``, ``eval``, ``export``. Every field's comment says what it means and, for paper hyperparameters, where the
-value comes from.
+``train``, ``eval``, ``export`` and ``tune`` (tune.py only). Every field's comment says what it means and, for paper
+hyperparameters, where the value comes from.
 """
 
 from __future__ import annotations
@@ -204,6 +204,94 @@ class ExportConfig:
     l2_normalize: bool = False
 
 
+_SCALAR = bool | int | float | str
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchDimension:
+    """One entry of ``tune.space``: the values a dotted config key may take during a hyperparameter search.
+
+    ``choice`` takes ``values``; ``int`` / ``float`` take ``min`` and ``max`` (both inclusive) and an optional
+    ``step`` (a grid spacing); ``log`` is a float range sampled uniformly in log space (``min > 0``), whose optional
+    ``step`` is a multiplicative factor (> 1), as in keras_tuner's ``Float(sampling="log")``.
+    """
+
+    # choice: one of `values`; int: integers min..max; float: reals min..max; log: reals min..max, log-uniform.
+    kind: Literal["choice", "int", "float", "log"]
+    # choice only: the candidate values (scalars of one type; ints and floats together count as floats).
+    values: tuple[_SCALAR, ...] | None = None
+    # int / float / log: the inclusive bounds.
+    min: float | None = None
+    max: float | None = None
+    # int / float: grid spacing (default: 1 for int, continuous for float); log: multiplicative factor > 1.
+    step: float | None = cfg_field(None, gt=0.0)
+
+    def __post_init__(self):
+        if self.kind == "choice":
+            if not self.values:
+                raise ValueError("kind choice needs a non-empty list `values`")
+            if self.min is not None or self.max is not None or self.step is not None:
+                raise ValueError("kind choice takes `values` only, not min/max/step")
+            kinds = {"number" if isinstance(v, (int, float)) and not isinstance(v, bool) else type(v).__name__
+                     for v in self.values}
+            if len(kinds) > 1:
+                # keras_tuner's Choice (and TensorBoard's Discrete domain) hold values of one type only.
+                raise ValueError(f"choice values must all be of one type, got {sorted(kinds)}")
+            if len(set(self.values)) != len(self.values):
+                raise ValueError(f"choice values repeat: {list(self.values)}")
+            return
+        if self.values is not None:
+            raise ValueError(f"kind {self.kind} takes min/max (and step), not `values`")
+        if self.min is None or self.max is None:
+            raise ValueError(f"kind {self.kind} needs both `min` and `max`")
+        if not self.min <= self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        if self.kind == "int":
+            for name in ("min", "max", "step"):
+                value = getattr(self, name)
+                if value is not None and value != int(value):
+                    raise ValueError(f"kind int needs whole numbers, got {name} {value}")
+        if self.kind == "log":
+            if self.min <= 0:
+                raise ValueError(f"kind log needs min > 0, got {self.min}")
+            if self.step is not None and self.step <= 1:
+                raise ValueError(f"kind log takes a multiplicative step > 1, got {self.step}")
+        elif self.step is not None and self.step > self.max - self.min and self.max > self.min:
+            raise ValueError(f"step {self.step} is larger than the range {self.min}..{self.max}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """A hyperparameter search (``python tune.py``); ignored by ``train.py``.
+
+    Every trial trains the config with the trial's values substituted, selects its best epoch on the WHOLE
+    validation split (the objective is that best validation ``map_avg``) and never embeds the test split.
+    """
+
+    # Dotted config key -> its search dimension, e.g. {model.alpha: {kind: choice, values: [0.1, 1, 10]},
+    # train.optimizers.embedding.learning_rate: {kind: log, min: 1.0e-4, max: 1.0e-2}}. Every key must exist in the
+    # resolved config and every value it may take must pass the config's own checks (tested before anything runs).
+    space: dict[str, SearchDimension] = cfg_field(default_factory=dict)
+    # keras_tuner algorithm: random (RandomSearch), bayesian (BayesianOptimization, Gaussian process), hyperband
+    # (Hyperband: many short trials, the best continued longer; trial count follows from epochs and `factor`), grid
+    # (GridSearch over choice and stepped ranges).
+    tuner: Literal["random", "bayesian", "hyperband", "grid"] = "random"
+    # Trials to run in total (a rerun only runs the missing ones); required for random and bayesian, null for
+    # hyperband; for grid null = the whole grid.
+    max_trials: int | None = cfg_field(None, ge=1)
+    # Seed of the tuner's sampling. Each trial's training is seeded with the experiment `seed`, so trials differ
+    # only by their values.
+    seed: int = cfg_field(0, ge=0)
+    # Tuner directory (trials, results table, best config, TensorBoard HParams); null = saved_models/<config name>,
+    # e.g. saved_models/tune-wikipedia_acmr for configs/tune/wikipedia_acmr.yaml. Rerunning continues the search in it.
+    directory: str | None = None
+    # Epochs per trial instead of train.epochs (a cheaper search); hyperband: the most epochs of one model.
+    # The best config written at the end keeps train.epochs.
+    epochs: int | None = cfg_field(None, ge=1)
+    # hyperband only: the reduction factor between rounds (keras_tuner Hyperband `factor`).
+    factor: int = cfg_field(3, ge=2)
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """A whole run."""
@@ -223,6 +311,8 @@ class ExperimentConfig:
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     export: ExportConfig = dataclasses.field(default_factory=ExportConfig)
+    # A hyperparameter search over this config (tune.py); null for plain training runs.
+    tune: TuneConfig | None = None
 
 
 def config_name(path: str) -> str:
@@ -257,5 +347,9 @@ def experiment_from_dict(data: dict, sources: SourceMap | None = None) -> Experi
         raise ConfigError(f"config key 'model' must be a mapping, got {type(model_section).__name__}")
     spec = get_method(method_name)
     model = from_dict(spec.config_class, model_section, sources=sources, prefix="model")
+    # Built on its own like `model`: inside the `TuneConfig | None` union, an error deep in the section (a typo'd
+    # `kind`) would otherwise be reported as "tune must be a mapping or null" instead of naming the key.
+    tune_section = data.pop("tune", None)
+    tune = None if tune_section is None else from_dict(TuneConfig, tune_section, sources=sources, prefix="tune")
     experiment = from_dict(ExperimentConfig, data, sources=sources)
-    return dataclasses.replace(experiment, model=model)
+    return dataclasses.replace(experiment, model=model, tune=tune)
