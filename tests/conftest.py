@@ -41,6 +41,18 @@ def wikipedia_root() -> str:
     return wikipedia_root_or_skip()
 
 
+@pytest.fixture(autouse=True)
+def _op_determinism_stays_in_its_test():
+    """``train.deterministic: true`` turns on TensorFlow's process-wide op determinism, which also switches XLA off
+    (Keras refuses jit_compile under it); undo it after the test so later tests in this process run as configured."""
+    yield
+    if "tensorflow" in sys.modules:
+        from tensorflow.python.framework import config as tf_config
+
+        if tf_config.is_op_determinism_enabled():
+            tf_config.disable_op_determinism()
+
+
 def tiny_overrides(run_dir, *, epochs: int = 2, extra=()) -> list[str]:
     """--set overrides that shrink configs/acmr.yaml to a seconds-long run (small dims and networks)."""
     return [

@@ -167,12 +167,16 @@ def make_training_stream(
 
     Unlike ``make_dataset(shuffle=True)``, whose order depends on how many iterators the dataset object has made (a
     reshuffle per iterator, so a fresh process restarts with the epoch-0 order), the order of epoch ``e`` here is a
-    pure function of ``(seed, e)``: a run resumed at epoch ``e`` sees exactly the batches an uninterrupted run sees
+    function of ``(seed, e)`` alone: a run resumed at epoch ``e`` sees exactly the batches an uninterrupted run sees
     from epoch ``e`` on. Every epoch is batched on its own (a partial last batch per epoch unless ``drop_remainder``),
     so ``fit`` must be given ``steps_per_epoch`` (it then keeps one iterator across epochs).
 
-    In memory the order is a full permutation (``stateless_shuffle``) and ``shuffle_buffer`` is not used; records
-    shuffle their shard list and a ``shuffle_buffer`` window with integer seeds derived from ``(seed, e)``.
+    In memory, the item indices go through the seeded ``shuffle(reshuffle_each_iteration=True)`` of
+    ``make_dataset`` and one ``repeat`` over the epochs, and the epochs before ``first_epoch`` are skipped (cheap: only
+    indices are shuffled). Epoch ``e`` therefore has exactly the order of the ``e``-th pass of
+    ``make_dataset(shuffle=True, seed=seed)`` (a test checks it), so runs keep the batches they had before resuming
+    existed. Records shuffle their shard list and a ``shuffle_buffer`` window with integer seeds derived from
+    ``(seed, e)``.
 
     Args:
         split, batch_size, num_classes, modalities, drop_remainder, shuffle_buffer: as for ``make_dataset``.
@@ -206,13 +210,13 @@ def make_training_stream(
     # Eager tensors are captured by reference by the map below (no copy per epoch, no constant in a graph).
     tensors = {m: tf.convert_to_tensor(split.features[m], tf.float32) for m in mods}
     tensors[LABELS_KEY] = tf.convert_to_tensor(to_multi_hot(split.labels[mods[0]], num_classes), tf.float32)
-    seed_value = tf.constant(int(seed), tf.int64)
 
-    def epoch_batches(epoch):
-        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64), seed=tf.stack([seed_value, epoch]))
-        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop_remainder)
-
-    ds = tf.data.Dataset.range(first_epoch, epochs).flat_map(epoch_batches)
+    steps = n // batch_size if drop_remainder else -(-n // batch_size)
+    ds = (tf.data.Dataset.range(n)
+          .shuffle(shuffle_buffer or n, seed=int(seed), reshuffle_each_iteration=True)
+          .batch(batch_size, drop_remainder=drop_remainder)
+          .repeat(epochs)
+          .skip(first_epoch * steps))
     ds = ds.map(lambda idx: {key: tf.gather(value, idx) for key, value in tensors.items()},
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)

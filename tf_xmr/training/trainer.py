@@ -153,6 +153,61 @@ def score_split(encoders, feature_set, split: str, config: ExperimentConfig, pre
     return score_embeddings(embeddings, labels, protocol(config, preset), feature_set.modalities, detailed=detailed)
 
 
+def steps_per_epoch(config: ExperimentConfig, split) -> int:
+    """Training steps in one pass over ``split`` (the last partial batch counts unless ``train.drop_remainder``)."""
+    n = split.num_examples()
+    steps = n // config.train.batch_size
+    if not config.train.drop_remainder and n % config.train.batch_size:
+        steps += 1
+    return steps
+
+
+def training_stream(model, config: ExperimentConfig, feature_set, *, first_epoch: int, epochs: int,
+                    steps_per_epoch: int):
+    """The training batches of epochs ``first_epoch .. epochs - 1`` as one stream (train.py and tune.py).
+
+    Each epoch's order is keyed to (seed, epoch), so a run resumed at epoch e sees exactly the batches an
+    uninterrupted run sees from epoch e on (``make_training_stream``); the model's own hook then adds what it draws
+    per step (DA-GAN's semantic groups, keyed to the global step).
+    """
+    from tf_xmr.data import make_dataset, make_training_stream
+
+    split = feature_set.splits["train"]
+    stream = make_training_stream(
+        split, batch_size=config.train.batch_size, num_classes=feature_set.num_classes, seed=config.seed,
+        first_epoch=first_epoch, epochs=epochs, drop_remainder=config.train.drop_remainder,
+        shuffle_buffer=config.train.shuffle_buffer,
+    )
+    one_pass = make_dataset(split, batch_size=config.train.batch_size, num_classes=feature_set.num_classes)
+    return model.prepare_training_stream(stream, one_pass=one_pass, first_step=first_epoch * steps_per_epoch)
+
+
+def fit_callbacks(model, *, validation, steps_per_epoch: int, epochs: int, log_dir: str, extra=()):
+    """The callbacks every fit of a jointly trained model uses (train.py and tune.py), in the order that matters.
+
+    GRL schedule first (it sets the strength the step reads), the NaN guard, the optimiser/GRL state logger, then
+    ``validation`` (a ``RetrievalValidation``, or None on a non-chief worker), ``extra``, and TensorBoard last so
+    that it logs the ``val_map_*`` entries validation adds to the epoch logs.
+
+    Returns:
+        ``(callbacks, nan_guard)``.
+    """
+    from tf_xmr.training import callbacks as cb
+
+    grl_layers = model.gradient_reversal_layers()
+    nan_guard = cb.StopOnNonFinite()
+    callbacks = [nan_guard, cb.TrainingStateLogger(model.player_optimizers, grl_layers)]
+    if grl_layers:
+        schedule, max_strength = model.gradient_reversal_schedule()
+        callbacks.insert(0, cb.GradientReversalSchedule(grl_layers, schedule=schedule, max_strength=max_strength,
+                                                        total_epochs=epochs, steps_per_epoch=steps_per_epoch))
+    if validation is not None:
+        callbacks.append(validation)
+    callbacks += list(extra)
+    callbacks.append(cb.TensorBoard(log_dir=log_dir, write_graph=False, update_freq="epoch"))
+    return callbacks, nan_guard
+
+
 # Random-ranking reference of the zero-shot report: the mean over this many draws of random Gaussian embeddings of
 # RANDOM_REFERENCE_DIM dimensions, seeded by the run seed, so every method run on one seed and split gets the same
 # reference (one draw on a few hundred test items varies by about 0.005 mAP; the mean of 10 by a third of that).
@@ -388,17 +443,10 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
         dump_yaml(config, os.path.join(run_dir, "config.yaml"))
         _write_json(os.path.join(run_dir, "data.json"), feature_set.summary())
 
-    from tf_xmr.data import make_dataset
     from tf_xmr.training import callbacks as cb
 
-    train_split = feature_set.splits["train"]
-    n_train = train_split.num_examples()
-    steps_per_epoch = n_train // config.train.batch_size
-    if not config.train.drop_remainder and n_train % config.train.batch_size:
-        steps_per_epoch += 1
-
+    steps = steps_per_epoch(config, feature_set.splits["train"])
     encoders = keras_encoders(model)
-    grl_layers = model.gradient_reversal_layers()
     validation = cb.RetrievalValidation(
         lambda: score_split(encoders, feature_set, "val", config),
         checkpoint_dir,
@@ -407,25 +455,10 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
         min_delta=config.train.min_delta,
         total_epochs=config.train.epochs,
     )
-    nan_guard = cb.StopOnNonFinite()
     # Only the chief evaluates; dist.callbacks() then shares its early-stopping decision with the other workers.
-    callbacks = [nan_guard, cb.TrainingStateLogger(model.player_optimizers, grl_layers),
-                 *([validation] if dist.is_chief else []), *dist.callbacks()]
-    if grl_layers:
-        schedule, max_strength = model.gradient_reversal_schedule()
-        callbacks.insert(
-            0,
-            cb.GradientReversalSchedule(
-                grl_layers,
-                schedule=schedule,
-                max_strength=max_strength,
-                total_epochs=config.train.epochs,
-                steps_per_epoch=steps_per_epoch,
-            ),
-        )
-    callbacks.append(
-        cb.TensorBoard(log_dir=os.path.join(run_dir, "logs"), write_graph=False, update_freq="epoch")
-    )
+    callbacks, nan_guard = fit_callbacks(model, validation=validation if dist.is_chief else None,
+                                         steps_per_epoch=steps, epochs=config.train.epochs,
+                                         log_dir=os.path.join(run_dir, "logs"), extra=dist.callbacks())
     fault = cb.FaultInjection.from_env()
     if fault is not None:
         callbacks.insert(0, fault)
@@ -441,18 +474,10 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
 
     first_epoch = state["epoch"] if state else 0
     if first_epoch < config.train.epochs and not (state and state["stop_training"]):
-        from tf_xmr.data import make_training_stream
-
-        # One iterator over every remaining epoch, each epoch's order keyed to (seed, epoch): see make_training_stream.
-        train_ds = make_training_stream(
-            train_split, batch_size=config.train.batch_size, num_classes=feature_set.num_classes, seed=config.seed,
-            first_epoch=first_epoch, epochs=config.train.epochs, drop_remainder=config.train.drop_remainder,
-            shuffle_buffer=config.train.shuffle_buffer,
-        )
-        one_pass = make_dataset(train_split, batch_size=config.train.batch_size, num_classes=feature_set.num_classes)
-        train_ds = model.prepare_training_stream(train_ds, one_pass=one_pass, first_step=first_epoch * steps_per_epoch)
+        train_ds = training_stream(model, config, feature_set, first_epoch=first_epoch, epochs=config.train.epochs,
+                                   steps_per_epoch=steps)
         model.fit(dist.prepare_dataset(train_ds), epochs=config.train.epochs, initial_epoch=first_epoch,
-                  steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=config.train.verbose,
+                  steps_per_epoch=steps, callbacks=callbacks, verbose=config.train.verbose,
                   shuffle=False)  # the tf.data pipeline shuffles (seeded); Keras must not
     if not dist.is_chief:
         dist.cleanup()

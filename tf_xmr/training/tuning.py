@@ -375,14 +375,11 @@ def _fit_trial(search: Search, config: ExperimentConfig, model, trial_dir: str, 
                initial_epoch: int, extra_callbacks: list) -> dict:
     """Train one trial with the trainer's pipeline and callbacks; return its best validation scores.
 
-    This repeats the wiring of ``trainer.train`` (which other branches own; it has no reusable fit function) minus
-    the test scoring, export and BackupAndRestore: an interrupted trial is rerun from scratch by keras_tuner.
+    The pipeline and callbacks are ``trainer.train``'s (``training_stream``, ``fit_callbacks``); there is no test
+    scoring, export or backup: an interrupted trial is rerun from scratch by keras_tuner.
     """
-    import keras
     import keras_tuner as kt
-    import tensorflow as tf
 
-    from tf_xmr.data import make_dataset
     from tf_xmr.training import callbacks as cb
 
     epochs = epochs or config.train.epochs
@@ -395,19 +392,8 @@ def _fit_trial(search: Search, config: ExperimentConfig, model, trial_dir: str, 
     logs_dir = os.path.join(search.directory, HPARAMS_DIR, os.path.basename(trial_dir))
     shutil.rmtree(logs_dir, ignore_errors=True)
 
-    train_split = feature_set.splits["train"]
-    train_ds = make_dataset(
-        train_split, batch_size=config.train.batch_size, num_classes=feature_set.num_classes, shuffle=True,
-        seed=config.seed, drop_remainder=config.train.drop_remainder, shuffle_buffer=config.train.shuffle_buffer,
-    )
-    n_train = train_split.num_examples()
-    steps_per_epoch = n_train // config.train.batch_size
-    if not config.train.drop_remainder and n_train % config.train.batch_size:
-        steps_per_epoch += 1
-    train_ds = train_ds.apply(tf.data.experimental.assert_cardinality(steps_per_epoch))
-
+    steps = trainer.steps_per_epoch(config, feature_set.splits["train"])
     encoders = trainer.keras_encoders(model)
-    grl_layers = model.gradient_reversal_layers()
     # The objective: the WHOLE validation split, scored by the same function and protocol as train.py's selection.
     validation = cb.RetrievalValidation(
         lambda: trainer.score_split(encoders, feature_set, "val", config),
@@ -417,19 +403,13 @@ def _fit_trial(search: Search, config: ExperimentConfig, model, trial_dir: str, 
         min_delta=config.train.min_delta,
         total_epochs=epochs,
     )
-    nan_guard = cb.StopOnNonFinite()
-    callbacks = [nan_guard, cb.TrainingStateLogger(model.player_optimizers, grl_layers), validation]
-    if grl_layers:
-        schedule, max_strength = model.gradient_reversal_schedule()
-        callbacks.insert(0, cb.GradientReversalSchedule(
-            grl_layers, schedule=schedule, max_strength=max_strength, total_epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-        ))
-    callbacks += extra_callbacks
-    # After RetrievalValidation, which adds val_map_* to the epoch logs.
-    callbacks.append(keras.callbacks.TensorBoard(log_dir=logs_dir, write_graph=False, update_freq="epoch"))
-
-    model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+    # The same callbacks and batch stream as train.py (a Hyperband continuation starts at its initial_epoch, in the
+    # order an uninterrupted run would have reached there); keras_tuner's own callbacks go before TensorBoard.
+    callbacks, nan_guard = trainer.fit_callbacks(model, validation=validation, steps_per_epoch=steps, epochs=epochs,
+                                                 log_dir=logs_dir, extra=extra_callbacks)
+    train_ds = trainer.training_stream(model, config, feature_set, first_epoch=initial_epoch, epochs=epochs,
+                                       steps_per_epoch=steps)
+    model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps, callbacks=callbacks,
               verbose=config.train.verbose, shuffle=False)
     if nan_guard.failure:
         # FailedTrialError: keras_tuner records the trial as FAILED and moves on to the next one.
