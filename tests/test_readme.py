@@ -109,6 +109,14 @@ COVERED = {
         "test_zero_shot_commands",
     "python benchmarks/jfse_unseen_synthesis.py --run-dir saved_models/zero-shot-wikipedia-<stamp>/jfse-seed0":
         "test_zero_shot_commands",
+    "python tune.py --config configs/tune/acmr.yaml": "test_tune_commands",
+    "python tune.py --config configs/tune/wikipedia_acmr.yaml --set data.root=../shared/data/wikipedia":
+        "test_tune_commands",
+    "python tune.py --config configs/tune/wikipedia_x_gacmn.yaml --set data.root=../shared/data/wikipedia":
+        "test_tune_commands",
+    "python train.py --config configs/acmr.yaml --set train.distribution=mirrored": "test_distribution_commands",
+    "python train.py --config configs/acmr.yaml --set train.distribution=multi_worker "
+    "--set run_dir=runs/acmr-2machines": "test_distribution_commands",
     "python train.py --config configs/da_gan.yaml": "test_method_synthetic_commands",
     "python benchmarks/seeds.py --config configs/wikipedia/da_gan.yaml --seeds 0 1 2 "
     "--set data.root=../shared/data/wikipedia": "test_method_benchmark_commands",
@@ -124,14 +132,14 @@ COVERED = {
 }
 
 
-def _run_readme(command: str, substitutions: dict, timeout=1800) -> subprocess.CompletedProcess:
+def _run_readme(command: str, substitutions: dict, timeout=1800, env=None) -> subprocess.CompletedProcess:
     """Run a README command (optionally with extra ``--set`` arguments appended) after substitutions."""
     assert any(command.startswith(c) for c in readme_commands()), f"not in the README: {command}"
     for old, new in substitutions.items():
         command = command.replace(old, new)
     argv = shlex.split(command)
     if argv[0] == "python":
-        return run_cli(*argv[1:], timeout=timeout)
+        return run_cli(*argv[1:], timeout=timeout, env=env)
     executable = os.path.join(os.path.dirname(sys.executable), argv[0])
     return subprocess.run([executable, *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
@@ -347,15 +355,60 @@ def test_zero_shot_commands(tmp_path):
             unseen.add(tuple(report["unseen_class_names"]))
     assert len(unseen) == 1  # JFSE and ACMR on Wikipedia, same seed: the same unseen categories
     benchmark = _method_commands("python benchmarks/zero_shot.py", "test_zero_shot_commands")[0]
-    result = _run_readme(benchmark + f" --seeds 0 --methods jfse acmr --set train.epochs=1 --out {tmp_path / 'zs'}",
+    result = _run_readme(benchmark + f" --seeds 0 --methods jfse --set train.epochs=1 --out {tmp_path / 'zs'}",
                          subs)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "| jfse |" in result.stdout and "| acmr |" in result.stdout, result.stdout[-2000:]
+    assert "| jfse |" in result.stdout, result.stdout[-2000:]
     diagnostic = _method_commands("python benchmarks/jfse_unseen_synthesis.py", "test_zero_shot_commands")[0]
     result = _run_readme(diagnostic + " --per-class 20",
                          {"saved_models/zero-shot-wikipedia-<stamp>": str(tmp_path / "zs")})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| image | features |" in result.stdout and "| text | common |" in result.stdout, result.stdout[-2000:]
+
+
+def test_tune_commands(tmp_path):
+    """The search commands: the synthetic one as written (its own tuner directory moved into tmp), the Wikipedia
+    ones cut to 2 and 1 one-epoch trials (their full tables are in the README); tests/tuning checks the results."""
+    root = wikipedia_root_or_skip()
+    commands = _method_commands("python tune.py", "test_tune_commands")
+    assert len(commands) == 3
+    for i, command in enumerate(commands):
+        directory = tmp_path / f"tune{i}"
+        short = "" if "wikipedia" not in command else \
+            f" --set tune.max_trials={2 if 'acmr' in command else 1} --set tune.epochs=1"
+        result = _run_readme(command + short + f" --set tune.directory={directory}",
+                             {"../shared/data/wikipedia": root})
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+        assert (directory / "trials.csv").exists() and (directory / "best_config.yaml").exists()
+        with open(directory / "trials.csv") as handle:
+            rows = handle.read().strip().splitlines()[1:]
+        expected = 4 if "wikipedia" not in command else (2 if "acmr" in command else 1)
+        assert len(rows) == expected and all("COMPLETED" in row for row in rows), rows
+
+
+def test_distribution_commands(tmp_path):
+    """Both distribution commands on this one machine, shortened: mirrored (one CPU device = one replica here; the
+    two-replica and two-worker equivalence is tests/training/test_distribution.py), and multi_worker as a one-worker
+    cluster on a free local port."""
+    import socket
+
+    mirrored, multi = sorted(_method_commands("python train.py --config configs/acmr.yaml --set train.distribution",
+                                              "test_distribution_commands"), key=lambda c: "multi_worker" in c)
+    run_dir = tmp_path / "mirrored"
+    result = _run_readme(mirrored + _SHORT_SYNTHETIC + f" --set run_dir={run_dir}", {})
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(run_dir / "metrics.json") as handle:
+        assert json.load(handle)["distribution"]["kind"] == "mirrored"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    tf_config = {"cluster": {"worker": [f"127.0.0.1:{port}"]}, "task": {"type": "worker", "index": 0}}
+    result = _run_readme(multi + _SHORT_SYNTHETIC, {"runs/acmr-2machines": str(tmp_path / "multi")},
+                         env={"TF_CONFIG": json.dumps(tf_config)})
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / "multi" / "metrics.json") as handle:
+        recorded = json.load(handle)["distribution"]
+    assert recorded["kind"] == "multi_worker" and recorded["task"] == "worker:0", recorded
 
 
 def test_sdml_add_a_modality_commands(tmp_path):

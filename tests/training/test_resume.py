@@ -237,12 +237,47 @@ def test_training_stream_order_is_keyed_to_the_epoch_not_to_the_iterator():
     assert len({tuple(epoch) for epoch in full}) == 4  # reshuffled every epoch
     assert epochs(2) == full[2:]
     assert epochs(0) == full  # and a second "process" gets the same order again
-    # Epoch e is the e-th pass of make_dataset's seeded reshuffling pipeline: the batches runs had before resuming
-    # existed (so the results measured with it stay reproducible).
+    # Epoch e is pass 2e of make_dataset's seeded reshuffling pipeline, the order fit gave every epoch e before
+    # resumes were exact (Keras makes two iterators per epoch over a finite dataset), so earlier results reproduce.
     from tf_xmr.data import make_dataset
 
     passes = make_dataset(split, batch_size=4, num_classes=2, shuffle=True, seed=3)
-    assert [[int(x) for batch in passes for x in batch["image"].numpy()[:, 0]] for _ in range(4)] == full
+    orders = [[int(x) for batch in passes for x in batch["image"].numpy()[:, 0]] for _ in range(8)]
+    assert orders[0::2] == full
+
+
+def test_the_stream_feeds_fit_the_epochs_a_finite_pipeline_fed_it():
+    """The claim behind the previous assertion, measured on fit itself: a finite make_dataset pipeline given to fit
+    epoch by epoch, and the stream given to fit with steps_per_epoch, deliver the same batches in the same order."""
+    import keras
+    import numpy as np
+
+    from tf_xmr.data import make_dataset, make_training_stream
+    from tf_xmr.data.feature_set import Split
+
+    n, epochs = 10, 3
+    split = Split(features={"image": np.arange(n, dtype=np.float32)[:, None], "text": np.zeros((n, 1))},
+                  labels={"image": np.arange(n) % 2, "text": np.arange(n) % 2})
+
+    class Recorder(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+            self.w = self.add_weight(shape=(), initializer="zeros")
+
+        def train_step(self, data):
+            self.seen.extend(int(v) for v in data["image"].numpy()[:, 0])  # run_eagerly: a concrete batch
+            return {"items": len(self.seen)}
+
+    def feed(dataset, **kwargs):
+        model = Recorder()
+        model.compile(run_eagerly=True)
+        model.fit(dataset, epochs=epochs, verbose=0, **kwargs)
+        return model.seen
+
+    finite = make_dataset(split, batch_size=4, num_classes=2, shuffle=True, seed=3)
+    stream = make_training_stream(split, batch_size=4, num_classes=2, seed=3, first_epoch=0, epochs=epochs)
+    assert feed(stream, steps_per_epoch=3) == feed(finite)
 
 
 # ----------------------------------------------------------------------------------------------------------------

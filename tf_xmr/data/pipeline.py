@@ -172,11 +172,12 @@ def make_training_stream(
     so ``fit`` must be given ``steps_per_epoch`` (it then keeps one iterator across epochs).
 
     In memory, the item indices go through the seeded ``shuffle(reshuffle_each_iteration=True)`` of
-    ``make_dataset`` and one ``repeat`` over the epochs, and the epochs before ``first_epoch`` are skipped (cheap: only
-    indices are shuffled). Epoch ``e`` therefore has exactly the order of the ``e``-th pass of
-    ``make_dataset(shuffle=True, seed=seed)`` (a test checks it), so runs keep the batches they had before resuming
-    existed. Records shuffle their shard list and a ``shuffle_buffer`` window with integer seeds derived from
-    ``(seed, e)``.
+    ``make_dataset`` repeated over the epochs, and the epochs before ``first_epoch`` are skipped (cheap: only indices
+    are shuffled). Epoch ``e`` gets pass ``2e`` of that shuffle: ``fit`` over a finite ``make_dataset`` pipeline (how
+    every run trained before resumes were exact) makes two iterators per epoch in Keras 3.15, so its epoch ``e`` saw
+    the shuffle's pass ``2e`` (measured: passes 0, 2, 4). Keeping that order keeps every earlier result reproducible;
+    a test checks both. Records shuffle their shard list and a ``shuffle_buffer`` window with integer seeds derived
+    from ``(seed, e)``.
 
     Args:
         split, batch_size, num_classes, modalities, drop_remainder, shuffle_buffer: as for ``make_dataset``.
@@ -215,7 +216,11 @@ def make_training_stream(
     ds = (tf.data.Dataset.range(n)
           .shuffle(shuffle_buffer or n, seed=int(seed), reshuffle_each_iteration=True)
           .batch(batch_size, drop_remainder=drop_remainder)
-          .repeat(epochs)
+          .repeat(2 * epochs)
+          .enumerate()
+          # Passes 0, 2, 4, ... (see above): the odd passes are drawn and dropped.
+          .filter(lambda i, _: (i // steps) % 2 == 0)
+          .map(lambda _, idx: idx)
           .skip(first_epoch * steps))
     ds = ds.map(lambda idx: {key: tf.gather(value, idx) for key, value in tensors.items()},
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

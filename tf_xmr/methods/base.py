@@ -270,7 +270,10 @@ class AdversarialModel(CrossModalModel):
         players. Same updates, same order as the single-device step.
         """
         scheduled = any(p.every > 1 for p in getattr(self, "_players", ()))
-        if self.distribute_strategy.num_replicas_in_sync == 1 or not scheduled:
+        # Any real strategy, even with ONE replica (mirrored on a single CPU device): its optimiser update is a
+        # merge_call, which tf.cond cannot hold. Only TensorFlow's default (no-op) strategy keeps the in-graph cond.
+        default_strategy = type(self.distribute_strategy).__name__ == "_DefaultDistributionStrategy"
+        if default_strategy or not scheduled:
             return super().make_train_function(force)
         if self.train_function is not None and not force:
             return self.train_function
