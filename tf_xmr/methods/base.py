@@ -315,8 +315,11 @@ class AdversarialModel(CrossModalModel):
                 tf.cond(tf.equal(step % player.every, player.every - 1), update, lambda: tf.constant(False))
         step.assign_add(1)
         logs = {tracker.name: tracker.result() for tracker in self.metrics}
-        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        strategy = tf.distribute.get_strategy()
+        if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.num_replicas_in_sync > 1:
             # Keras reduces multi-worker step outputs with strategy.reduce(MEAN, axis=0), which needs a batch axis.
+            # (A one-replica cluster's outputs are not per-replica values: Keras passes them through unreduced, so
+            # they must stay scalars there.)
             logs = {name: tf.reshape(value, [1]) for name, value in logs.items()}
         return logs
 

@@ -177,9 +177,11 @@ class StopOnNonFinite(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         for key, value in (logs or {}).items():
-            value = float(np.asarray(value))
-            if not math.isfinite(value):
-                self.failure = f"{key} became {value} at epoch {self._epoch + 1}, batch {batch + 1}"
+            # A scalar, or under multi_worker one value per worker (the step outputs get a batch axis there).
+            values = np.asarray(value, dtype=np.float64).reshape(-1)
+            bad = values[~np.isfinite(values)]
+            if bad.size:
+                self.failure = f"{key} became {float(bad[0])} at epoch {self._epoch + 1}, batch {batch + 1}"
                 self.model.stop_training = True
                 return
 

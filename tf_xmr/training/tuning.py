@@ -293,20 +293,12 @@ def prepare_directory(search: Search) -> bool:
         stored = json.load(handle)["search"]
     current = search.fingerprint()
     if stored != current:
-        changed = sorted(_diff_keys(stored, current))
+        changed = sorted(trainer._diff_keys(stored, current))
         what = "search space" if any(k.startswith("tune.") for k in changed) else "config"
         raise ConfigError(f"tuner directory {directory} holds a search with a different {what} (differs at: "
                           f"{', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}); rerun the same config to "
                           "continue it, or set tune.directory to a new folder")
     return True
-
-
-def _diff_keys(a, b, prefix=""):
-    if isinstance(a, dict) and isinstance(b, dict):
-        for key in set(a) | set(b):
-            yield from _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")
-    elif a != b:
-        yield prefix.rstrip(".")
 
 
 def _write_json(path: str, payload) -> None:
