@@ -96,12 +96,15 @@ def tree_hashes(root: str) -> dict[str, str]:
     return dict(sorted(out.items()))
 
 
-def read_run_record(run_dir: str) -> dict | None:
-    path = os.path.join(run_dir, RUN_FILE)
+def _read_json_if_present(path: str) -> dict | None:
     if not os.path.exists(path):
         return None
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
+
+
+def read_run_record(run_dir: str) -> dict | None:
+    return _read_json_if_present(os.path.join(run_dir, RUN_FILE))
 
 
 def load_shared_state(run_dir: str) -> dict[str, np.ndarray]:
@@ -247,11 +250,7 @@ def train_modality(config: ExperimentConfig, feature_set, spec, state, modality:
 
 def finished_summary(out_dir: str) -> dict | None:
     """The summary a network wrote when it finished training into ``out_dir``, or None."""
-    path = os.path.join(out_dir, FINISHED_FILE)
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    return _read_json_if_present(os.path.join(out_dir, FINISHED_FILE))
 
 
 def _worker(config_dict: dict, run_dir: str, modality: str, out_dir: str, threads: int, log_level: int,
