@@ -105,6 +105,28 @@ def test_resuming_with_a_different_config_is_refused(tmp_path):
         trainer.prepare_run_dir(str(run_dir), _config(str(run_dir)))
 
 
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    """run_dir: null names the folder <config>-<timestamp>; a second run of the same config in the same second must
+    not land in (and "resume") the first one's folder."""
+    import datetime
+
+    config_path = os.path.abspath("configs/acmr.yaml")
+    frozen = datetime.datetime(2026, 12, 1, 12, 0, 0)
+    monkeypatch.setattr(trainer.datetime, "datetime", type("Frozen", (datetime.datetime,), {
+        "now": classmethod(lambda cls, tz=None: frozen)}))
+    monkeypatch.chdir(tmp_path)
+    overrides = [*(o for o in tiny_overrides("unused", epochs=1) if not o.startswith("run_dir=")),
+                 "export.enabled=false", "train.jit_compile=false"]
+    dirs = [trainer.train(load_experiment(config_path, overrides), config_path=config_path).run_dir
+            for _ in range(2)]
+    assert dirs == [os.path.join("saved_models", "acmr-20261201-120000"),
+                    os.path.join("saved_models", "acmr-20261201-120000-2")]
+    for run_dir in dirs:
+        with open(os.path.join(run_dir, "metrics.json"), encoding="utf-8") as handle:
+            assert json.load(handle)["resumed_from"] == []   # each trained from scratch
+        assert load_experiment(os.path.join(run_dir, "config.yaml")).run_dir == run_dir
+
+
 def test_non_finite_loss_stops_with_a_clear_error(tmp_path):
     guard = cb.StopOnNonFinite()
 

@@ -425,7 +425,7 @@ def train_independent(config: ExperimentConfig, *, config_path: str | None = Non
 
     from tf_xmr.methods.registry import get_method
     from tf_xmr.training.trainer import (
-        RunResult, data_spec, load_data, metrics_record, prepare_run_dir, resolve_run_dir, score_split,
+        RunResult, claim_run_dir, data_spec, load_data, metrics_record, prepare_run_dir, resolve_run_dir, score_split,
         unseen_classes, zero_shot_scores,
     )
 
@@ -449,6 +449,7 @@ def train_independent(config: ExperimentConfig, *, config_path: str | None = Non
             raise ConfigError(f"config key 'model.train_modalities' must list distinct modalities, got {list(requested)}")
     spec = data_spec(config, feature_set)
     extending = bool(config.resume_from)
+    auto_named = not extending and not config.run_dir
     if extending:
         run_dir, record, stored, to_train = _check_extension(config, available, requested)
         _check_same_data(config, run_dir)
@@ -470,7 +471,8 @@ def train_independent(config: ExperimentConfig, *, config_path: str | None = Non
         optimizer_config(config, m)  # a missing optimiser entry is a config error now, not in a worker later
     config = dataclasses.replace(config, run_dir=run_dir)
     if not extending:
-        resuming = prepare_run_dir(run_dir, config)
+        # A fresh automatic name never holds an interrupted run (claim_run_dir moves to a free name).
+        resuming = False if auto_named else prepare_run_dir(run_dir, config)
         state = (load_shared_state(run_dir) if resuming and os.path.exists(os.path.join(run_dir, SHARED_FILE))
                  else model_class.create_shared_state(config.model, spec, config.seed))
         model_class.check_shared_state(config.model, spec, state, "the generated shared state")
@@ -489,6 +491,9 @@ def train_independent(config: ExperimentConfig, *, config_path: str | None = Non
     resume.check_run_dir(run_dir, needed, config.train.disk_margin)
 
     # 2. The run directory.
+    if auto_named:
+        run_dir = claim_run_dir(run_dir, auto_named)
+        config = dataclasses.replace(config, run_dir=run_dir)
     os.makedirs(os.path.join(run_dir, MODALITY_DIR), exist_ok=True)
     if extending:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -274,6 +274,29 @@ def resolve_run_dir(config: ExperimentConfig, config_path: str | None) -> str:
     return os.path.join("saved_models", f"{stem}-{stamp}")
 
 
+def claim_run_dir(run_dir: str, auto_named: bool) -> str:
+    """Create the run directory and return its path.
+
+    An automatically named one (``run_dir: null``) is created exclusively, taking the first free name of
+    ``<name>``, ``<name>-2``, ``<name>-3``...: two runs of one config started in the same second (a script, parallel
+    jobs) would otherwise share a folder, and the second would look like the resume of an interrupted first one.
+    """
+    if not auto_named:
+        os.makedirs(run_dir, exist_ok=True)
+        return run_dir
+    parent = os.path.dirname(run_dir)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    candidate, n = run_dir, 1
+    while True:
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = f"{run_dir}-{n}"
+
+
 def prepare_run_dir(run_dir: str, config: ExperimentConfig) -> bool:
     """Check the run directory before anything is written; returns True when resuming an interrupted run.
 
@@ -421,9 +444,11 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
 
     backup = config.train.backup and dist.supports_backup()
     if dist.is_chief:
+        auto_named = not config.run_dir
         run_dir = resolve_run_dir(config, config_path)
         config = dataclasses.replace(config, run_dir=run_dir)
-        resuming = prepare_run_dir(run_dir, config)
+        # A fresh automatic name never holds an interrupted run (claim_run_dir moves to a free name).
+        resuming = False if auto_named else prepare_run_dir(run_dir, config)
         if resuming and not dist.supports_backup():
             raise ConfigError(
                 f"run_dir {run_dir} holds an interrupted run; resuming is not supported with "
@@ -434,9 +459,12 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
                                                              backup=backup), config.train.disk_margin)
     else:
         # Non-chief workers keep their files out of the run directory (a private temp folder, removed at the end).
-        run_dir, resuming = dist.scratch_dir(), False
+        run_dir, resuming, auto_named = dist.scratch_dir(), False, False
 
     # 2. The run directory.
+    if dist.is_chief and auto_named:
+        run_dir = claim_run_dir(run_dir, auto_named)
+        config = dataclasses.replace(config, run_dir=run_dir)
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
     os.makedirs(checkpoint_dir, exist_ok=True)
     if not resuming:
