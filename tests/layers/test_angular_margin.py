@@ -79,6 +79,18 @@ def test_pure_a_softmax_and_m1_reduce_to_known_forms():
     np.testing.assert_allclose(plain(x, labels=tf.constant([0])).numpy(), [[3.0, 4.0]], rtol=1e-6)
 
 
+def test_feature_scale_replaces_the_norm_by_hand():
+    # Same x = (3, 4) as above with s = 10: the norm 5 is replaced by 10, so every logit doubles: (1.6, 8); the
+    # plain logits are s cos = (6, 8); and any rescaling of x leaves them unchanged (the head sees only directions).
+    layer = _layer(m=2, anneal=False, lambda_min=1.0, feature_scale=10.0)
+    x = tf.constant([[3.0, 4.0]])
+    np.testing.assert_allclose(layer(x, labels=tf.constant([0])).numpy(), [[1.6, 8.0]], rtol=1e-6)
+    np.testing.assert_allclose(layer(x).numpy(), [[6.0, 8.0]], rtol=1e-6)
+    np.testing.assert_allclose(layer(0.01 * x, labels=tf.constant([0])).numpy(), [[1.6, 8.0]], rtol=1e-5)
+    with pytest.raises(ValueError, match="feature_scale"):
+        AngularMarginSoftmax(2, 2, feature_scale=0.0)
+
+
 def test_lambda_schedule_advances_per_step_and_floors():
     layer = _layer(m=4, lambda_base=1000.0, lambda_gamma=0.12, lambda_power=1.0, lambda_min=5.0)
     assert float(layer.lambda_value()) == pytest.approx(1000.0)

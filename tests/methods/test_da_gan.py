@@ -113,6 +113,25 @@ def test_players_own_their_submodels_and_the_second_encoder_layer_is_shared():
     assert not variable_ids([model.zeta_prototypes["image"].prototypes]) & (gen | disc)
 
 
+def test_cosine_classifier_sees_only_the_direction_of_the_common_representation():
+    """model.classifier_scale = s: D_S logits are s cos(F', W_j) (no bias), the generator player trains W, and the
+    semantic loss is the same for F' and any positive multiple of it; null keeps the Dense layer with bias."""
+    model = _compiled(_config(classifier_scale=10.0, shared_classifier=True))
+    head = model.classifiers["image"]
+    assert head is model.classifiers["text"]
+    common = tf.constant(np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32))
+    logits = head(common).numpy()
+    weights = head.kernel.numpy() / np.linalg.norm(head.kernel.numpy(), axis=0)
+    expected = 10.0 * (common.numpy() / np.linalg.norm(common.numpy(), axis=1, keepdims=True)) @ weights
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(head(3.0 * common).numpy(), logits, rtol=1e-5, atol=1e-6)
+    generator, _ = model.players()
+    assert variable_ids(head.trainable_variables) <= variable_ids(generator.variables)
+    assert len(head.trainable_variables) == 1   # the class weights; no bias
+    plain = _compiled(_config())
+    assert {v.name for v in plain.classifiers["image"].trainable_variables} == {"kernel", "bias"}
+
+
 def test_generator_signs_and_discriminator_pairings():
     batch = _batch()
     fixed = _compiled(_config())

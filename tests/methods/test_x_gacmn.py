@@ -184,6 +184,20 @@ def test_shipped_configs_load():
         assert set(config.train.optimizers) == {"generator", "discriminator"}
 
 
+def test_feature_scale_makes_the_softmax_terms_blind_to_the_common_norm():
+    """model.feature_scale = s reaches the shared head: its logits then depend on the directions of the common vectors
+    only (the same for x and x / 2); null keeps SphereFace's ||x|| scaling (the logits halve with x)."""
+    batch = _batch()
+    for scale in (2.0, None):
+        model = _compiled(_config(feature_scale=scale))
+        assert model.classifier.feature_scale == scale
+        common = model.projectors["image"](model.standardizers["image"](batch["image"]))
+        full = model.classifier(common, labels=batch["labels"]).numpy()
+        half = model.classifier(0.5 * common, labels=batch["labels"]).numpy()
+        np.testing.assert_allclose(half, full if scale else 0.5 * full, rtol=1e-5, atol=1e-7)
+        assert np.isfinite(float(model.player_losses("generator", batch, training=False)["softmax_image"]))
+
+
 def test_train_cli_end_to_end(tmp_path):
     run_dir = str(tmp_path / "x_gacmn")
     overrides = [

@@ -96,9 +96,12 @@ class AngularMarginSoftmax(keras.layers.Layer):
         anneal: if False, ``lambda`` is fixed at ``lambda_min`` (0 = pure A-softmax, Eq. 9).
         lambda_base, lambda_gamma, lambda_power, lambda_min: annealing constants (see ``annealed_lambda``).
         epsilon: floor under ``||x||^2`` so the norm and its gradient stay finite at ``x = 0``.
+        feature_scale: None = SphereFace's form, the logits scale with the feature norm ``||x||``; a number s =
+            the features are normalised and the logits scale with s instead (``s cos``, ``s psi``: the normalised
+            form of NormFace / SphereFace-R, which keeps a network from escaping the margin by shrinking ``||x||``).
 
     Call args:
-        inputs: (batch, d) features (not normalised: their norm scales the logits).
+        inputs: (batch, d) features (not normalised: their norm scales the logits unless ``feature_scale`` is set).
         labels: (batch, C) one-/multi-hot targets, or (batch,) integer class ids; the margin is applied to every
             positive class. None returns the plain angular logits ``||x|| cos(theta_j)`` of every class (inference).
 
@@ -108,7 +111,7 @@ class AngularMarginSoftmax(keras.layers.Layer):
 
     def __init__(self, num_classes: int, margin: int = 4, *, anneal: bool = True, lambda_base: float = 1000.0,
                  lambda_gamma: float = 0.12, lambda_power: float = 1.0, lambda_min: float = 5.0,
-                 epsilon: float = 1e-12, **kwargs):
+                 epsilon: float = 1e-12, feature_scale: float | None = None, **kwargs):
         super().__init__(**kwargs)
         if int(margin) != margin or margin < 1:
             raise ValueError(f"the angular margin m must be an integer >= 1, got {margin!r}")
@@ -122,6 +125,9 @@ class AngularMarginSoftmax(keras.layers.Layer):
         self.lambda_power = float(lambda_power)
         self.lambda_min = float(lambda_min)
         self.epsilon = float(epsilon)
+        if feature_scale is not None and not feature_scale > 0:
+            raise ValueError(f"feature_scale must be > 0 or None, got {feature_scale!r}")
+        self.feature_scale = None if feature_scale is None else float(feature_scale)
         # A weight, not a Python counter: it is saved with the checkpoints and read inside the compiled step.
         self.iterations = self.add_weight(shape=(), dtype="int64", initializer="zeros", trainable=False,
                                           name="iterations")
@@ -151,6 +157,8 @@ class AngularMarginSoftmax(keras.layers.Layer):
 
     def call(self, inputs, labels=None):
         norm, cosine = self.cosines(inputs)
+        if self.feature_scale is not None:
+            norm = tf.fill(tf.shape(norm), tf.constant(self.feature_scale, inputs.dtype))
         if labels is None:
             return norm * cosine
         if labels.shape.rank == 1:
@@ -174,4 +182,5 @@ class AngularMarginSoftmax(keras.layers.Layer):
             "lambda_power": self.lambda_power,
             "lambda_min": self.lambda_min,
             "epsilon": self.epsilon,
+            "feature_scale": self.feature_scale,
         }

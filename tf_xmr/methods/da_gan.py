@@ -39,7 +39,7 @@ import tensorflow as tf
 from tf_xmr.config import cfg_field
 from tf_xmr.data.grouping import SemanticGroups, group_key
 from tf_xmr.errors import ConfigError
-from tf_xmr.layers import FeatureStandardizer
+from tf_xmr.layers import AngularMarginSoftmax, FeatureStandardizer
 from tf_xmr.layers.attention import ClassPrototypes, CorrelationAttention
 from tf_xmr.layers.text_sequence import text_sequence_network
 from tf_xmr.losses import binary_cross_entropy_with_logits, label_cross_entropy
@@ -92,6 +92,11 @@ class DAGANConfig:
     inter_discriminator_hidden: int = cfg_field(1024, ge=1)
     # D_S: one Dense(C) softmax per modality, "two-channel" [PAPER; REC A12]; true = one shared classifier (DSCMR).
     shared_classifier: bool = False
+    # D_S logits: null = Dense(C) with bias, a plain softmax layer (the paper gives only "a network with softmax
+    # function"); a number s = a cosine classifier, s cos(F', W_j) with unit-length class weights and no bias (NormFace;
+    # tf_xmr.layers.AngularMarginSoftmax with m = 1). Retrieval ranks by the cosine of F, so this trains the same
+    # geometry the ranking reads; a plain softmax can also lower L_Sem by growing ||F'||, which the cosine ignores.
+    classifier_scale: float | None = cfg_field(None, gt=0.0)
 
     # -- semantic grouping and attention ------------------------------------------------------------------------------
     # alpha, group size: not given (the paper also calls it m) [REC 2.4, C2: 5].
@@ -233,8 +238,7 @@ class DAGAN(AdversarialModel):
         self.intra_discriminators, self.inter_discriminators = {}, {}
         self.zeta_prototypes, self.common_prototypes = {}, {}
         self.shared_layer = keras.layers.Dense(cfg.common_dim, name="shared_encoder_layer")
-        shared_classifier = keras.layers.Dense(spec.num_classes, name="semantic_classifier") \
-            if cfg.shared_classifier else None
+        shared_classifier = self._semantic_classifier("semantic_classifier") if cfg.shared_classifier else None
         for m in spec.modalities:
             sequence = m == self.text_modality and cfg.text_encoder == "sequence"
             self.standardizers[m] = (FeatureStandardizer("none", name=f"{m}_standardize") if sequence
@@ -256,8 +260,7 @@ class DAGAN(AdversarialModel):
                  keras.layers.Dense(cfg.feature_dim,
                                     activation=None if cfg.decoder_output_activation == "linear" else "relu")],
                 name=f"{m}_decoder")
-            self.classifiers[m] = shared_classifier or keras.layers.Dense(spec.num_classes,
-                                                                          name=f"{m}_semantic_classifier")
+            self.classifiers[m] = shared_classifier or self._semantic_classifier(f"{m}_semantic_classifier")
             self.intra_discriminators[m] = keras.layers.Dense(1, name=f"{m}_intra_discriminator")
             self.inter_discriminators[m] = keras.Sequential(
                 [keras.layers.Dense(cfg.inter_discriminator_hidden), keras.layers.LeakyReLU(0.2),
@@ -277,6 +280,14 @@ class DAGAN(AdversarialModel):
                 input_dim=spec.dims[m], name=f"{m}_encoder")
             for m in spec.modalities
         }
+
+    def _semantic_classifier(self, name: str):
+        """One D_S channel: logits over the classes (see ``DAGANConfig.classifier_scale``)."""
+        if self.config.classifier_scale is None:
+            return keras.layers.Dense(self.spec.num_classes, name=name)
+        # m = 1 and lambda = 0: the target logit is s cos too, i.e. no margin, only normalised features and weights.
+        return AngularMarginSoftmax(self.spec.num_classes, 1, anneal=False, lambda_min=0.0,
+                                    feature_scale=self.config.classifier_scale, name=name)
 
     def _feature_net(self, m: str, sequence: bool):
         cfg, dim = self.config, self.spec.dims[m]

@@ -73,6 +73,10 @@ class XGACMNConfig:
     lambda_power: float = cfg_field(1.0, ge=0.0)
     # Final lambda; 0 = pure A-softmax of Eq. 8 at the end of training (ablation) [REC A6].
     lambda_min: float = cfg_field(5.0, ge=0.0)
+    # Scale of the A-softmax logits. null = SphereFace's form, the paper's "the input features are not normalised"
+    # [PAPER Sec. 3.3]: the logits scale with ||x||. A number s = the common vectors are normalised inside the head
+    # and the logits are s cos / s psi (the normalised form of NormFace and SphereFace-R).
+    feature_scale: float | None = cfg_field(None, gt=0.0)
     # lambda1, weight of L_l2 in Eqs. 10-11: "lambda1 = 10" [PAPER Sec. 4.2].
     l2_weight: float = cfg_field(10.0, ge=0.0)
     # lambda2, weight of the generator adversarial losses L_Gi + L_Gt: "lambda2 = 5" [PAPER Sec. 4.2].
@@ -179,6 +183,7 @@ class XGACMN(AdversarialModel):
             self.classifier = AngularMarginSoftmax(
                 spec.num_classes, config.margin, anneal=config.anneal_lambda, lambda_base=config.lambda_base,
                 lambda_gamma=config.lambda_gamma, lambda_power=config.lambda_power, lambda_min=config.lambda_min,
+                feature_scale=config.feature_scale,
                 name="angular_margin_softmax",
             )
         else:
