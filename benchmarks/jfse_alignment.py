@@ -9,14 +9,13 @@ compares the schemes at the weights tuned for the config's default scheme (state
 """
 
 import argparse
-import datetime
 import os
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from benchmarks._runs import mean_std, run_parent, train_run  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -28,17 +27,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="parent folder of the run directories")
     args = parser.parse_args(argv)
 
-    from tf_xmr.config.schema import config_name, load_experiment
-    from tf_xmr.training.trainer import train
+    from tf_xmr.config.schema import config_name
 
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = args.out or os.path.join("saved_models", f"jfse-alignment-{config_name(args.config)}-{stamp}")
+    out = run_parent(args.out, f"jfse-alignment-{config_name(args.config)}")
     results = {}
     for scheme in args.schemes:
         for seed in args.seeds:
-            overrides = [*args.overrides, f"model.alignment={scheme}", f"seed={seed}", "train.verbose=0",
-                         f"run_dir={os.path.join(out, f'{scheme}-seed{seed}')}"]
-            metrics = train(load_experiment(args.config, overrides), config_path=args.config).metrics
+            metrics = train_run(args.config, [*args.overrides, f"model.alignment={scheme}"], seed=seed,
+                                run_dir=os.path.join(out, f"{scheme}-seed{seed}"))
             results.setdefault(scheme, []).append(metrics)
             print(f"{scheme} seed {seed}: val map_avg {metrics['val']['map_avg']:.4f} (epoch "
                   f"{metrics['val']['best_epoch']}), test i2t {metrics['test']['map_i2t']:.4f} "
@@ -52,8 +48,7 @@ def main(argv=None) -> int:
     for scheme, runs in results.items():
         cells = []
         for split, key in (("val", "map_avg"), ("test", "map_i2t"), ("test", "map_t2i"), ("test", "map_avg")):
-            values = [m[split][key] for m in runs]
-            cells.append(f"{np.mean(values):.4f}" + (f" ± {np.std(values):.4f}" if len(values) > 1 else ""))
+            cells.append(mean_std([m[split][key] for m in runs]))
         print(f"| {scheme} | " + " | ".join(cells) + " |")
     print(f"run directories under {out}")
     return 0

@@ -9,7 +9,6 @@ preset the config lists in eval.extra_presets.
 """
 
 import argparse
-import datetime
 import os
 import sys
 
@@ -17,6 +16,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from benchmarks._runs import run_parent, train_run  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -27,16 +28,12 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="parent folder of the per-seed run directories")
     args = parser.parse_args(argv)
 
-    from tf_xmr.config.schema import config_name, load_experiment
-    from tf_xmr.training.trainer import train
+    from tf_xmr.config.schema import config_name
 
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = args.out or os.path.join("saved_models", f"seeds-{config_name(args.config)}-{stamp}")
+    out = run_parent(args.out, f"seeds-{config_name(args.config)}")
     rows = []
     for seed in args.seeds:
-        overrides = [*args.overrides, f"seed={seed}", f"run_dir={os.path.join(out, f'seed{seed}')}",
-                     "train.verbose=0"]
-        metrics = train(load_experiment(args.config, overrides), config_path=args.config).metrics
+        metrics = train_run(args.config, args.overrides, seed=seed, run_dir=os.path.join(out, f"seed{seed}"))
         rows.append((seed, metrics))
         print(f"seed {seed}: val map_avg {metrics['val']['map_avg']:.4f} (epoch {metrics['val']['best_epoch']}), "
               f"test map_avg {metrics['test']['map_avg']:.4f}", flush=True)

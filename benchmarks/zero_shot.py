@@ -12,14 +12,13 @@ generalised zero-shot harmonic mean H of the seen- and unseen-query mAP (all tar
 """
 
 import argparse
-import datetime
 import os
 import sys
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from benchmarks._runs import mean_std, run_parent, train_run  # noqa: E402
 
 # method label -> (config per data source, extra overrides)
 METHODS = {
@@ -30,10 +29,6 @@ METHODS = {
     "acmr": ({"synthetic": "configs/acmr.yaml", "wikipedia": "configs/wikipedia/acmr.yaml"},
              ["data.unseen_classes=0.5"]),
 }
-
-
-def _fmt(values) -> str:
-    return f"{np.mean(values):.4f}" + (f" ± {np.std(values):.4f}" if len(values) > 1 else "")
 
 
 def main(argv=None) -> int:
@@ -49,19 +44,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="parent folder of the run directories")
     args = parser.parse_args(argv)
 
-    from tf_xmr.config.schema import load_experiment
-    from tf_xmr.training.trainer import train
-
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = args.out or os.path.join("saved_models", f"zero-shot-{args.data}-{stamp}")
+    out = run_parent(args.out, f"zero-shot-{args.data}")
     results = {}
     for seed in args.seeds:
         for label in args.methods:
             configs, extra = METHODS[label]
             own = [kv for method, kv in args.method_overrides if label.split("_")[0] == method]
-            overrides = [*extra, *args.overrides, *own, f"seed={seed}", "train.verbose=0",
-                         f"run_dir={os.path.join(out, f'{label}-seed{seed}')}"]
-            metrics = train(load_experiment(configs[args.data], overrides), config_path=configs[args.data]).metrics
+            metrics = train_run(configs[args.data], [*extra, *args.overrides, *own], seed=seed,
+                                run_dir=os.path.join(out, f"{label}-seed{seed}"))
             zs = metrics["zero_shot"]
             results.setdefault(label, []).append(zs)
             print(f"{label} seed {seed}: unseen {zs['unseen_class_names']}; zero-shot map_avg "
@@ -83,7 +73,7 @@ def main(argv=None) -> int:
         for getter in (lambda r: r["zero_shot"], lambda r: r["random_ranking"]["zero_shot"],
                        lambda r: r["standard"], lambda r: r["generalized"]["harmonic"],
                        lambda r: r["random_ranking"]["generalized"]["harmonic"]):
-            cells += [_fmt([getter(r)[d] for r in runs]) for d in directions]
+            cells += [mean_std([getter(r)[d] for r in runs]) for d in directions]
         print(f"| {label} | " + " | ".join(cells) + " |")
     print(f"run directories under {out}")
     return 0

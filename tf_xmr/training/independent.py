@@ -492,7 +492,7 @@ def train_independent(config: ExperimentConfig, *, config_path: str | None = Non
 
     # 2. The run directory.
     if auto_named:
-        run_dir = claim_run_dir(run_dir, auto_named)
+        run_dir = claim_run_dir(run_dir)
         config = dataclasses.replace(config, run_dir=run_dir)
     os.makedirs(os.path.join(run_dir, MODALITY_DIR), exist_ok=True)
     if extending:

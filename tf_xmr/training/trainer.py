@@ -274,16 +274,13 @@ def resolve_run_dir(config: ExperimentConfig, config_path: str | None) -> str:
     return os.path.join("saved_models", f"{stem}-{stamp}")
 
 
-def claim_run_dir(run_dir: str, auto_named: bool) -> str:
-    """Create the run directory and return its path.
+def claim_run_dir(run_dir: str) -> str:
+    """Create an automatically named run directory (``run_dir: null``) exclusively and return its path.
 
-    An automatically named one (``run_dir: null``) is created exclusively, taking the first free name of
-    ``<name>``, ``<name>-2``, ``<name>-3``...: two runs of one config started in the same second (a script, parallel
-    jobs) would otherwise share a folder, and the second would look like the resume of an interrupted first one.
+    The first free name of ``<name>``, ``<name>-2``, ``<name>-3``... is taken: two runs of one config started in the
+    same second (a script, parallel jobs) would otherwise share a folder, and the second would look like the resume
+    of an interrupted first one. A run_dir given in the config is not claimed: it may hold a run to resume.
     """
-    if not auto_named:
-        os.makedirs(run_dir, exist_ok=True)
-        return run_dir
     parent = os.path.dirname(run_dir)
     if parent:
         os.makedirs(parent, exist_ok=True)
@@ -459,11 +456,11 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
                                                              backup=backup), config.train.disk_margin)
     else:
         # Non-chief workers keep their files out of the run directory (a private temp folder, removed at the end).
-        run_dir, resuming, auto_named = dist.scratch_dir(), False, False
+        run_dir, resuming, auto_named = dist.scratch_dir(), False, False  # the scratch folder exists already
 
     # 2. The run directory.
-    if dist.is_chief and auto_named:
-        run_dir = claim_run_dir(run_dir, auto_named)
+    if auto_named:
+        run_dir = claim_run_dir(run_dir)
         config = dataclasses.replace(config, run_dir=run_dir)
     checkpoint_dir = os.path.join(run_dir, "checkpoints")
     os.makedirs(checkpoint_dir, exist_ok=True)
