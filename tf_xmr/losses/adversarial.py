@@ -12,7 +12,7 @@ import tensorflow as tf
 #: Generator adversarial forms (see ``generator_adversarial_loss``).
 ADVERSARIAL_FORMS = ("nonsaturating", "minimax", "literal")
 #: Reductions of the pair-wise consistency loss (see ``pair_consistency_loss``).
-PAIR_CONSISTENCY_FORMS = ("frobenius", "mean_norm", "mean_squared")
+PAIR_CONSISTENCY_FORMS = ("frobenius", "mean_norm", "mean_squared", "normalized_mean_squared")
 
 
 def constant_class_cross_entropy(logits, target: int):
@@ -87,16 +87,24 @@ def pair_consistency_loss(a, b, form: str = "frobenius", epsilon: float = 1e-12)
       ACMR demo code's ``sqrt(2 * l2_loss(emb_v - emb_w))``).
     - ``"mean_norm"``: ``(1/n) sum_i ||a_i - b_i||``.
     - ``"mean_squared"``: ``(1/n) sum_i ||a_i - b_i||^2``.
+    - ``"normalized_mean_squared"``: ``(1/n) sum_i ||a_i/||a_i|| - b_i/||b_i||||^2 = (1/n) sum_i (2 - 2 cos(a_i, b_i))``:
+      the pair distance that a cosine ranking reads. The raw forms above can also be lowered by shrinking both
+      vectors, which a cosine ranking does not see.
 
     Args:
         a: (n, d) embeddings, row i paired with row i of ``b``.
         b: (n, d) embeddings.
         form: one of ``PAIR_CONSISTENCY_FORMS``.
-        epsilon: floor under squared norms before a square root (finite gradient when a_i = b_i).
+        epsilon: floor under squared norms before a square root (finite gradient when a_i = b_i, or a_i = 0 for the
+            normalised form).
 
     Returns:
         Scalar tensor.
     """
+    if form == "normalized_mean_squared":
+        a = tf.math.l2_normalize(a, axis=-1, epsilon=epsilon)
+        b = tf.math.l2_normalize(b, axis=-1, epsilon=epsilon)
+        return tf.reduce_mean(tf.reduce_sum(tf.square(a - b), axis=-1))
     squared = tf.reduce_sum(tf.square(a - b), axis=-1)
     if form == "frobenius":
         return tf.sqrt(tf.maximum(tf.reduce_sum(squared), epsilon))

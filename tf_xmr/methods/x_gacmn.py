@@ -84,8 +84,10 @@ class XGACMNConfig:
     # lambda3, weight of the A-softmax losses: "lambda3 = 100" [PAPER Sec. 4.2]; 0 is the "without L_A-Softmax" row of
     # Table 3.
     softmax_weight: float = cfg_field(100.0, ge=0.0)
-    # Form of L_l2 (no equation in the paper): Frobenius norm of V_c - T_c over the batch, as ACMR_demo [REC A3, 4.4].
-    l2_form: Literal["frobenius", "mean_norm", "mean_squared"] = "frobenius"
+    # Form of L_l2 (no equation in the paper): Frobenius norm of V_c - T_c over the batch, as ACMR_demo [REC A3, 4.4];
+    # mean_norm / mean_squared are the spec's alternatives [REC 4.4]; normalized_mean_squared measures the pairs after
+    # L2 normalisation, i.e. the distance a cosine ranking reads (tf_xmr.losses.adversarial.pair_consistency_loss).
+    l2_form: Literal["frobenius", "mean_norm", "mean_squared", "normalized_mean_squared"] = "frobenius"
     # Generator adversarial terms. Eqs. 4-5 minimised as printed push 3 of their 4 terms the WRONG way (they help
     # D_I, D_T and, for text, D_C). Default "nonsaturating": the standard fool-the-discriminator loss -log D(G(x)) with
     # flipped labels, counted once [REC A2]. "literal": Eqs. 4-5 exactly as printed (reproduces the paper's sign
