@@ -39,11 +39,14 @@ VARIANTS = {
     "no_synthetic": ("without D_I and D_T", ["model.use_synthetic_discriminators=false"], (0.482, 0.618, 0.550)),
     "softmax": ("without the angular margin (plain softmax, Eq. 6)", ["model.classifier=softmax"],
                 (0.467, 0.598, 0.533)),
+    # Not in the paper: the config's head with m = 1 (psi = cos, so no margin), i.e. a normalised softmax with the same
+    # scale and pair loss. Next to "softmax" it separates what the margin adds from what the normalisation adds.
+    "margin_1": ("without the margin, same normalised head (m = 1)", ["model.margin=1"], None),
     "no_a_softmax": ("without L_A-Softmax (lambda3 = 0)", ["model.softmax_weight=0.0"], (0.188, 0.218, 0.203)),
     "no_l2": ("without L_l2 (lambda1 = 0)", ["model.l2_weight=0.0"], (0.472, 0.632, 0.552)),
     "literal": ("generator loss of Eqs. 4-5 as printed (sign errors)", ["model.adversarial_form=literal"], None),
 }
-DEFAULT_VARIANTS = ("full", "no_common", "no_synthetic", "softmax")
+DEFAULT_VARIANTS = ("full", "no_common", "no_synthetic", "softmax", "margin_1")
 
 
 def run_one(run_dir: str, seed: int, epochs: int | None, data_root: str, overrides: list[str]) -> dict | None:
