@@ -40,7 +40,7 @@ def _ci_script() -> str:
 CI_COMMANDS = {
     "python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt",
     "pip install -r requirements-extra.txt",
-    "python -m pytest -q -n 2 tests",
+    "python -m pytest -q -n 3 tests",
 }
 
 
