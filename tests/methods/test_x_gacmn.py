@@ -228,3 +228,15 @@ def test_train_cli_end_to_end(tmp_path):
             tags.update(value.tag for value in tf.compat.v1.Event.FromString(record.numpy()).summary.value)
     for key in expected:
         assert f"epoch_{key}" in tags, (key, sorted(tags))
+
+
+def test_config_choices_are_the_loss_functions_forms():
+    # The config's Literal choices and the loss module's form tuples list the same names twice (the config needs them
+    # as a type for its one-line errors); this keeps the two lists from drifting apart.
+    import typing
+
+    from tf_xmr.losses.adversarial import ADVERSARIAL_FORMS, PAIR_CONSISTENCY_FORMS
+
+    hints = typing.get_type_hints(XGACMNConfig)
+    assert set(typing.get_args(hints["l2_form"])) == set(PAIR_CONSISTENCY_FORMS)
+    assert set(typing.get_args(hints["adversarial_form"])) == set(ADVERSARIAL_FORMS)
