@@ -11,15 +11,9 @@ from collections.abc import Callable
 import keras
 import numpy as np
 
+from tf_xmr.files import atomic_write_text
+
 log = logging.getLogger("tf_xmr.training")
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so readers never see half a file."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def atomic_save_weights(model: keras.Model, path: str) -> None:
