@@ -381,7 +381,7 @@ def test_a_kill_between_validation_and_backup_resumes_with_the_backup_validation
 
     resumed_model, resumed_optimizers = tiny()
     resumed_validation = validation_for(resumed_model)
-    state, resumed_from = trainer.resume_state(True, str(checkpoints / "backup"), str(checkpoints), resumed_model,
+    state, resumed_from = resume.resume_state(True, str(checkpoints / "backup"), str(checkpoints), resumed_model,
                                                resumed_optimizers, resumed_validation, 5, "the test run")
     assert state["epoch"] == 1 and resumed_from == [{"epoch": 1, "step": 0}]
     assert resumed_validation.best["epoch"] == 1 and resumed_validation.best["evaluations_since_best"] == 0

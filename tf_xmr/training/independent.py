@@ -166,7 +166,7 @@ def train_modality(config: ExperimentConfig, feature_set, spec, state, modality:
     from tf_xmr.methods.registry import get_method
     from tf_xmr.training import callbacks as cb
     from tf_xmr.training import resume
-    from tf_xmr.training.trainer import TrainingError, build_optimizer, resume_state
+    from tf_xmr.training.trainer import TrainingError, build_optimizer
 
     keras.utils.set_random_seed(config.seed)
     model_class = get_method(config.method).model_class
@@ -206,7 +206,7 @@ def train_modality(config: ExperimentConfig, feature_set, spec, state, modality:
     callbacks.extend(extra_callbacks)
     backup_dir = os.path.join(checkpoint_dir, "backup")
     optimizers = {modality: optimizer}
-    state, resumed_from = resume_state(config.train.backup and os.path.isdir(backup_dir), backup_dir, checkpoint_dir,
+    state, resumed_from = resume.resume_state(config.train.backup and os.path.isdir(backup_dir), backup_dir, checkpoint_dir,
                                        net, optimizers, validation, config.train.epochs,
                                        f"the interrupted {modality} network in {out_dir}")
     if config.train.backup:

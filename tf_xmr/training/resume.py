@@ -324,3 +324,32 @@ def check_run_dir(run_dir: str, needed_bytes: int, margin: float) -> None:
             f"(x train.disk_margin {margin:g} = {_gb(required)}), {_gb(free)} free; free some space, choose another "
             f"run_dir or lower train.disk_margin"
         )
+
+
+def resume_state(resuming: bool, backup_dir: str, checkpoint_dir: str, model, optimizers: dict, validation,
+                 epochs: int, where: str):
+    """Restore the newest complete backup of an interrupted run into ``model``, its optimisers and ``validation``.
+
+    Returns:
+        ``(state, resumed_from)``: the backup's state (None when starting from scratch) and the resume history
+        (one ``{"epoch", "step"}`` per resume, oldest first; empty for an uninterrupted run) for metrics.json.
+    """
+    state = None
+    if resuming:
+        clear_stale_temporaries(backup_dir)
+        state = latest_backup(backup_dir)
+    if state is None:
+        if resuming:
+            log.info("resuming %s: no epoch was completed before the interruption, starting from epoch 1", where)
+        # A best checkpoint without a backup belongs to an attempt that is now redone from scratch.
+        for name in ("best.weights.h5", "best.json"):
+            if os.path.exists(os.path.join(checkpoint_dir, name)):
+                os.remove(os.path.join(checkpoint_dir, name))
+        return None, []
+    restore(state, model, optimizers)
+    restore_best_checkpoint(state, checkpoint_dir)
+    validation.restore(state["validation"])
+    point = describe(state)
+    log.info("resuming %s from the end of epoch %d of %d (global step %d; backup of %s)",
+             where, point["epoch"], epochs, point["step"], state["saved_at"])
+    return state, [*state["resumed_from"], point]

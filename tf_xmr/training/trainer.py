@@ -354,37 +354,6 @@ def _write_json(path: str, payload: dict) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
-def resume_state(resuming: bool, backup_dir: str, checkpoint_dir: str, model, optimizers: dict, validation,
-                 epochs: int, where: str):
-    """Restore the newest complete backup of an interrupted run into ``model``, its optimisers and ``validation``.
-
-    Returns:
-        ``(state, resumed_from)``: the backup's state (None when starting from scratch) and the resume history
-        (one ``{"epoch", "step"}`` per resume, oldest first; empty for an uninterrupted run) for metrics.json.
-    """
-    from tf_xmr.training import resume
-
-    state = None
-    if resuming:
-        resume.clear_stale_temporaries(backup_dir)
-        state = resume.latest_backup(backup_dir)
-    if state is None:
-        if resuming:
-            log.info("resuming %s: no epoch was completed before the interruption, starting from epoch 1", where)
-        # A best checkpoint without a backup belongs to an attempt that is now redone from scratch.
-        for name in ("best.weights.h5", "best.json"):
-            if os.path.exists(os.path.join(checkpoint_dir, name)):
-                os.remove(os.path.join(checkpoint_dir, name))
-        return None, []
-    resume.restore(state, model, optimizers)
-    resume.restore_best_checkpoint(state, checkpoint_dir)
-    validation.restore(state["validation"])
-    point = resume.describe(state)
-    log.info("resuming %s from the end of epoch %d of %d (global step %d; backup of %s)",
-             where, point["epoch"], epochs, point["step"], state["saved_at"])
-    return state, [*state["resumed_from"], point]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The run
 
@@ -488,7 +457,7 @@ def train(config: ExperimentConfig, *, config_path: str | None = None) -> RunRes
     if fault is not None:
         callbacks.insert(0, fault)
     backup_dir = os.path.join(checkpoint_dir, "backup")
-    state, resumed_from = resume_state(resuming and backup, backup_dir, checkpoint_dir, model,
+    state, resumed_from = resume.resume_state(resuming and backup, backup_dir, checkpoint_dir, model,
                                        optimizers, validation, config.train.epochs,
                                        f"the interrupted run in {run_dir}")
     if backup:
