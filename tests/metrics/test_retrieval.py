@@ -274,27 +274,87 @@ def test_tie_across_the_cutoff_keeps_the_lower_index():
     assert precision_at_k([[1.0]], database, [0], labels, [2, 3, 4], distance="inner") == {2: 0.0, 3: 1 / 3, 4: 0.5}
 
 
-def test_stable_order_with_signed_zeros_and_ties():
-    keys = np.array(
-        [
-            [0.0, -0.0, 0.0, -0.0, -1.0, 2.0, 0.0, -0.0],
-            [-0.0, 3.0, 0.0, 3.0, -0.0, -5.0, 3.0, 0.0],
-            [0.7, 0.1, 0.5, 0.3, 0.2, 0.6, 0.4, 0.0],  # no ties: the fast unstable sort is used as is
-        ]
+def _reference_flags(u, relevant, depth):
+    """Relevance in the stable ranking of u (ascending, ties by index), top depth: the plain argsort way."""
+    order = np.argsort(u, axis=1, kind="stable")[:, :depth]
+    return np.take_along_axis(relevant, order, axis=1).astype(np.int64)
+
+
+def _ranked_flags(u, relevant, depth):
+    key, scratch = np.empty_like(u), np.empty_like(u)
+    return retrieval._ranked_flags(u, relevant, depth, key, scratch).copy()
+
+
+def test_keys_order_like_the_scores_and_merge_signed_zeros():
+    # Every sign, +0.0 / -0.0, subnormals, neighbours one unit in the last place apart, and large magnitudes.
+    tiny = np.nextafter(0.0, 1.0)
+    scores = np.array(
+        [[0.0, -0.0, 1.0, np.nextafter(1.0, 2.0), -1.0, np.nextafter(-1.0, -2.0), tiny, -tiny, 3e300, -3e300, 0.5, 0.0]]
     )
-    expected = np.argsort(keys, axis=1, kind="stable")
-    assert expected[0].tolist() == [4, 0, 1, 2, 3, 6, 7, 5]
-    for depth in (1, 2, 3, 8):  # 1 and 2 take the partition path (depth * 4 <= 8)
-        np.testing.assert_array_equal(retrieval._stable_order(keys.copy(), depth), expected[:, :depth])
+    for distance, ranking in (("inner", -scores), ("euclidean", np.abs(scores))):
+        scorer = retrieval._Scorer(np.ones((1, 1)), np.ones((1, 1)), distance)
+        values = np.abs(scores) if distance == "euclidean" else scores.copy()
+        u = scorer.keys(values.copy(), np.empty(scores.shape, np.int64))
+        np.testing.assert_array_equal(
+            np.argsort(u, axis=1, kind="stable"), np.argsort(ranking, axis=1, kind="stable")
+        )
+        # Equal keys exactly where the scores compare equal (so +0.0 and -0.0 tie).
+        np.testing.assert_array_equal(u[0][:, None] == u[0][None, :], ranking[0][:, None] == ranking[0][None, :])
 
 
-def test_stable_order_random_ties_both_paths():
-    rng = np.random.default_rng(0)
-    keys = rng.integers(0, 6, size=(40, 200)).astype(np.float64)
-    keys[::3] = rng.standard_normal((14, 200))  # some rows without ties
-    expected = np.argsort(keys, axis=1, kind="stable")
-    for depth in (1, 7, 50, 51, 199, 200):
-        np.testing.assert_array_equal(retrieval._stable_order(keys.copy(), depth), expected[:, :depth])
+@pytest.mark.parametrize("depth", [1, 2, 3, 7, 8, 30, 49, 50])  # depth * 4 <= 50 takes the partition path
+def test_ranked_flags_equal_the_stable_ranking(depth):
+    # Keys 0..9 only: many exact ties and many neighbours 2t / 2t + 1 that share a key once the flag replaces the
+    # lowest bit; relevance at random, so plenty of such groups mix relevant and irrelevant items.
+    rng = np.random.default_rng(depth)
+    u = rng.integers(0, 10, size=(60, 50)).astype(np.int64)
+    u[::4] = rng.permutation(50)  # rows without any tie
+    u[1::4] -= 5  # negative keys as well
+    relevant = rng.random(u.shape) < 0.4
+    np.testing.assert_array_equal(_ranked_flags(u, relevant, depth), _reference_flags(u, relevant, depth))
+
+
+@pytest.mark.parametrize("n", [4, 40])  # the full sort and the partition path
+def test_ranked_flags_group_open_across_the_cut(n):
+    # Keys 11, 11 (irrelevant) and 10 (relevant) share the pair group 10/11: flagged, they become 10, 10, 11, so the
+    # first two sorted positions look clean. The stable ranking puts the relevant 10 first; only the search of the
+    # whole row for the group's relevant member finds that.
+    u = np.full((1, n), 100, dtype=np.int64)
+    u[0, :3] = [11, 11, 10]
+    relevant = np.zeros((1, n), bool)
+    relevant[0, 2] = True
+    for depth in (1, 2, 3):
+        got = _ranked_flags(u, relevant, depth)
+        np.testing.assert_array_equal(got, _reference_flags(u, relevant, depth))
+        assert got[0, 0] == 1
+
+
+@pytest.mark.parametrize("distance", DISTANCES)
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_chunks_and_threads_do_not_change_results(distance, multi_label, monkeypatch):
+    # Chunks of 3 queries ranked by 3 threads inside blocks of 7: chunk edges fall inside and at the end of blocks.
+    data = _tied_data(seed=11, multi_label=multi_label)
+    expected = average_precision_loop(*data, distance=distance)
+    monkeypatch.setattr(retrieval, "_CHUNK_BYTES", 3 * 8 * N_DB)
+    monkeypatch.setattr(retrieval, "_thread_count", lambda: 3)
+    for block_size in (BLOCK, 1, N_QUERY):
+        got = average_precision(*data, distance=distance, block_size=block_size)
+        np.testing.assert_array_equal(got, expected)
+    result = evaluate_retrieval(*data, RetrievalProtocol(distance, 5), ks=(1, 5, 200), block_size=BLOCK)
+    assert result["map"] == float(np.mean(average_precision_loop(*data, distance=distance, k=5)))
+    assert result["precision_at"] == pytest.approx(precision_at_k_loop(*data, [1, 5, 200], distance=distance))
+
+
+def test_worker_exception_reaches_the_caller(monkeypatch):
+    monkeypatch.setattr(retrieval, "_CHUNK_BYTES", 3 * 8 * N_DB)
+    monkeypatch.setattr(retrieval, "_thread_count", lambda: 2)
+
+    def broken(*args):
+        raise RuntimeError("chunk failed")
+
+    monkeypatch.setattr(retrieval, "_ranked_flags", broken)
+    with pytest.raises(RuntimeError, match="chunk failed"):
+        average_precision(*_tied_data(seed=12, multi_label=False), block_size=BLOCK)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -327,11 +387,47 @@ def test_relevance_matrix_label_kinds():
     assert relevance_matrix(multi_hot_q, multi_hot_db).dtype == bool
 
 
+def test_label_codes_one_hot_become_ids_and_multi_hot_bit_sets_agree():
+    rng = np.random.default_rng(13)
+    # One-hot rows plus rows without any label (they match nothing): the id path.
+    q_one = np.eye(4)[rng.integers(0, 4, 9)]
+    db_one = np.eye(4)[rng.integers(0, 4, 11)]
+    q_one[2] = 0
+    db_one[[0, 5]] = 0
+    q_codes, db_codes = retrieval._label_codes(q_one.astype(np.float32), db_one.astype(np.float32))
+    assert q_codes.ndim == 1 and db_codes.ndim == 1
+    expected = (q_one @ db_one.T) > 0
+    np.testing.assert_array_equal(relevance_matrix(q_one, db_one), expected)
+    # 70 classes, several labels per row: two 64-bit words per row.
+    q_multi = rng.random((9, 70)) < 0.05
+    db_multi = rng.random((11, 70)) < 0.05
+    q_codes, _ = retrieval._label_codes(q_multi.astype(np.float32), db_multi.astype(np.float32))
+    assert q_codes.shape == (9, 2)
+    expected = (q_multi.astype(int) @ db_multi.T.astype(int)) > 0
+    np.testing.assert_array_equal(relevance_matrix(q_multi, db_multi), expected)
+
+
+def test_unique_rows_finds_duplicates_only_when_there_are_some():
+    rng = np.random.default_rng(14)
+    distinct = rng.standard_normal((6, 3))
+    assert retrieval._unique_rows(distinct)[1] is None
+    same_first_column = distinct.copy()
+    same_first_column[:, 0] = 1.0  # the quick first-column test is inconclusive, the rows still differ
+    assert retrieval._unique_rows(same_first_column)[1] is None
+    with_copies = np.concatenate([distinct, distinct[[4, 1]]])
+    with_copies[7, 2] = -0.0 if with_copies[1, 2] == 0 else with_copies[7, 2]
+    rows, inverse = retrieval._unique_rows(with_copies)
+    assert rows.shape == (6, 3)
+    np.testing.assert_array_equal(rows[inverse], with_copies)
+    zeros = np.array([[0.0, 1.0], [-0.0, 1.0]])  # equal values, different bits: still one row
+    assert retrieval._unique_rows(zeros)[0].shape == (1, 2)
+
+
 def test_auto_block_size_bounds_memory():
     for n_db in (10, 2_000, 20_000, 1_000_000):
         rows = retrieval._auto_block_size(n_db)
         assert rows >= 1
-        assert rows == 1 or rows * n_db * (8 + 8) <= 256 * 2**20
+        assert rows == 1 or rows * n_db * 8 <= 64 * 2**20
 
 
 # ---------------------------------------------------------------------------------------------------------------

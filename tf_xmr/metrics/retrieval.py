@@ -32,8 +32,10 @@ stay exact ties.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -60,10 +62,6 @@ NORMALIZATIONS = ("all_relevant", "retrieved")
 
 # Guards the cosine denominator: a zero embedding then scores exactly 0 instead of NaN.
 _EPS = 1e-12
-# Temporaries per (query, database item) pair inside one block, at the peak: float64 sort keys (8), int64 argsort
-# (8), the permuted keys used to detect ties (8), relevance before/after permutation (2); rounded up for headroom.
-_BYTES_PER_PAIR = 32
-_BLOCK_BUDGET_BYTES = 256 * 2**20
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -254,7 +252,7 @@ def relevance_matrix(query_labels, database_labels) -> np.ndarray:
     q = _as_labels("query_labels", query_labels, None)
     db = _as_labels("database_labels", database_labels, None)
     _check_label_kinds(q, db)
-    return _relevance(q, db, 0, q.shape[0])
+    return _relevance(*_label_codes(q, db), 0, q.shape[0])
 
 
 def similarity(query, database, distance: str = "cosine") -> np.ndarray:
@@ -277,13 +275,12 @@ def similarity(query, database, distance: str = "cosine") -> np.ndarray:
     """
     _check_distance(distance)
     query, database = _check_embeddings(query, database)
-    keys = _Scorer(query, database, distance).keys(query, 0, query.shape[0])
+    scorer = _Scorer(query, database, distance)
+    values = scorer.values(scorer.products(query), 0)
     if distance == "euclidean":
-        return -np.sqrt(keys)
-    # The sort keys are negated similarities; adding 0.0 turns the -0.0 of a zero score back into 0.0.
-    np.negative(keys, out=keys)
-    keys += 0.0
-    return keys
+        return -np.sqrt(values)
+    values += 0.0  # a zero score may come out as -0.0; adding 0.0 makes it 0.0
+    return values
 
 
 def average_precision(
@@ -326,8 +323,11 @@ def average_precision(
     n_db = prep.database.shape[0]
     depth = n_db if k is None else min(k, n_db)
     ap = np.empty(prep.query.shape[0])
-    for start, stop, rel_sorted, n_relevant in _ranked_blocks(prep, depth):
-        ap[start:stop] = _ap_from_ranked(rel_sorted, n_relevant, normalization)
+
+    def consume(start, stop, flags, n_relevant):
+        ap[start:stop] = _ap_from_ranked(flags, n_relevant, normalization)
+
+    _rank_all(prep, depth, consume)
     return ap
 
 
@@ -487,21 +487,24 @@ def precision_recall_curve(
     prep = _prepare(query, database, query_labels, database_labels, distance, block_size)
     steps = num_points - 1
     levels = np.arange(num_points, dtype=np.int64)
-    total = np.zeros(num_points)
-    for _, _, rel_sorted, n_relevant in _ranked_blocks(prep, prep.database.shape[0]):
-        for rows in _row_chunks(rel_sorted.shape):
-            _, counts, starts, precision = _hit_precisions(rel_sorted[rows])
-            # A miss only lowers precision, so the best precision at recall >= L is found at a hit: the maximum of
-            # the hit precisions from the m-th hit on, m = ceil(i * N / steps) (>= 1) computed in exact integers.
-            has = counts > 0
-            first = np.maximum(-((-levels[None, :] * counts[has, None]) // steps), 1) - 1 + starts[has, None]
-            end = np.broadcast_to((starts + counts)[has, None], first.shape)
-            # reduceat over the interleaved (first, end) bounds gives max(precision[first:end]) at even positions;
-            # the appended 0 keeps the last `end` a valid index.
-            bounds = np.stack([first, end], axis=-1).ravel()
-            best = np.maximum.reduceat(np.append(precision, 0.0), bounds)[::2].reshape(first.shape)
-            total += np.sum(best, axis=0)
-    return levels / steps, total / prep.query.shape[0]
+    # Per query, its interpolated precision at every level (0 for a query without relevant items).
+    curves = np.zeros((prep.query.shape[0], num_points))
+
+    def consume(start, stop, flags, n_relevant):
+        _, counts, starts, precision = _hit_precisions(flags)
+        # A miss only lowers precision, so the best precision at recall >= L is found at a hit: the maximum of
+        # the hit precisions from the m-th hit on, m = ceil(i * N / steps) (>= 1) computed in exact integers.
+        has = counts > 0
+        first = np.maximum(-((-levels[None, :] * counts[has, None]) // steps), 1) - 1 + starts[has, None]
+        end = np.broadcast_to((starts + counts)[has, None], first.shape)
+        # reduceat over the interleaved (first, end) bounds gives max(precision[first:end]) at even positions;
+        # the appended 0 keeps the last `end` a valid index.
+        bounds = np.stack([first, end], axis=-1).ravel()
+        best = np.maximum.reduceat(np.append(precision, 0.0), bounds)[::2].reshape(first.shape)
+        curves[np.arange(start, stop)[has]] = best
+
+    _rank_all(prep, prep.database.shape[0], consume)
+    return levels / steps, np.sum(curves, axis=0) / prep.query.shape[0]
 
 
 def evaluate_retrieval(
@@ -538,15 +541,19 @@ def evaluate_retrieval(
     n_q, n_db = prep.query.shape[0], prep.database.shape[0]
     ap_depth = n_db if protocol.k is None else min(protocol.k, n_db)
     clipped = [min(k, n_db) for k in ks]
-    ap_sum = 0.0
+    ap = np.empty(n_q)
     hits = np.empty((n_q, len(ks)), dtype=np.int64)
     n_relevant_all = np.empty(n_q, dtype=np.int64)
-    for start, stop, rel_sorted, n_relevant in _ranked_blocks(prep, max(ap_depth, *clipped)):
-        ap_sum += float(np.sum(_ap_from_ranked(rel_sorted[:, :ap_depth], n_relevant, protocol.normalization)))
-        hits[start:stop] = _prefix_hits(rel_sorted, clipped)
+
+    def consume(start, stop, flags, n_relevant):
+        ap[start:stop] = _ap_from_ranked(flags[:, :ap_depth], n_relevant, protocol.normalization)
+        hits[start:stop] = _prefix_hits(flags, clipped)
         n_relevant_all[start:stop] = n_relevant
+
+    _rank_all(prep, max(ap_depth, *clipped), consume)
     return {
-        "map": ap_sum / n_q,
+        # The same mean of the same per-query APs as mean_average_precision, so the two agree to the last bit.
+        "map": float(np.mean(ap)),
         "precision_at": {k: float(np.mean(hits[:, i] / c)) for i, (k, c) in enumerate(zip(ks, clipped))},
         "recall_at": {k: float(np.mean(_safe_ratio(hits[:, i], n_relevant_all))) for i, k in enumerate(ks)},
     }
@@ -555,6 +562,37 @@ def evaluate_retrieval(
 # ----------------------------------------------------------------------------------------------------------------
 # Blocked ranking core
 # ----------------------------------------------------------------------------------------------------------------
+#
+# How a block of queries is ranked, and why it is exact. A matrix product scores ``block_size`` queries against the
+# database (the one BLAS call; it reads the database once per block, so blocks are large). The block is then cut
+# into chunks of a few rows that fit a core's cache and are ranked on a few threads (numpy releases the GIL in its
+# sorts and ufuncs). Per chunk:
+#
+# 1. The float64 scores become int64 keys ``u`` that ascend as the ranking descends: the IEEE bit pattern is a
+#    monotone integer for non-negative floats, the sign is folded in by negating the magnitude, and +0.0 and -0.0
+#    map to the same key (they compare equal, so they are a tie). Equal keys <=> equal scores.
+# 2. The relevance flag replaces the lowest bit of ``u``: ``key = (u & ~1) | rel``. Clearing a bit cannot reorder
+#    two keys (``u -> u & ~1`` is monotone), so sorting ``key`` by value alone (numpy's vectorised sort, ~5x faster
+#    than argsort, with no gather afterwards) orders the items exactly as the scores do, except within a "pair
+#    group" of keys that differ only in that lowest bit (equal scores, or scores one unit in the last place apart).
+#    AP depends only on the sequence of relevance flags, so such a group can only change the result if it mixes
+#    relevant and irrelevant items; in ``key`` order a mixed group shows up as two neighbours ``2t, 2t + 1``.
+# 3. The rare rows with a mixed group inside the top ``depth`` (or straddling it) are ranked again with a stable
+#    argsort of ``u``: ties by database index, exactly the reference order.
+#
+# The flags are then read off the sorted keys (``key & 1``), and the metrics work on those positions only.
+
+# Bytes of the float64 score block of one matrix product: large enough that the database is read from memory once
+# per hundreds of queries, small enough to bound memory (20,000 x 20,000 peaks well under 512 MiB with the data).
+_BLOCK_BUDGET_BYTES = 64 * 2**20
+# Bytes of one chunk's int64 keys: with the chunk's other buffers (scratch keys, sorted keys, relevance) it stays
+# within a core's L2 cache, so the elementwise passes run from cache instead of memory.
+_CHUNK_BYTES = 2**20
+# Threads that rank the chunks of a block. Measured on 2 cores (benchmarks/map_speed.py): two threads take the
+# ranking part from ~60% to ~35% of the time; more threads than cores only add switching.
+_MAX_THREADS = 8
+_MAGNITUDE = np.int64(0x7FFFFFFFFFFFFFFF)
+_CLEAR_LOW_BIT = np.int64(-2)
 
 
 @dataclass(frozen=True)
@@ -566,6 +604,7 @@ class _Prepared:
     distance: str
     block_size: int
     scorer: _Scorer
+    threads: int
 
 
 def _prepare(query, database, query_labels, database_labels, distance, block_size) -> _Prepared:
@@ -575,13 +614,73 @@ def _prepare(query, database, query_labels, database_labels, distance, block_siz
     q_labels = _as_labels("query_labels", query_labels, query.shape[0])
     db_labels = _as_labels("database_labels", database_labels, database.shape[0])
     _check_label_kinds(q_labels, db_labels)
+    q_codes, db_codes = _label_codes(q_labels, db_labels)
     if block_size is None:
         block_size = _auto_block_size(database.shape[0])
-    return _Prepared(query, database, q_labels, db_labels, distance, block_size, _Scorer(query, database, distance))
+    scorer = _Scorer(query, database, distance)
+    return _Prepared(query, database, q_codes, db_codes, distance, block_size, scorer, _thread_count())
 
 
 def _auto_block_size(n_db: int) -> int:
-    return max(1, _BLOCK_BUDGET_BYTES // (_BYTES_PER_PAIR * n_db))
+    return max(1, _BLOCK_BUDGET_BYTES // (8 * n_db))
+
+
+def _chunk_rows(n_db: int) -> int:
+    return max(1, _CHUNK_BYTES // (8 * n_db))
+
+
+def _thread_count() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may run on (taskset, cgroups' cpusets)
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, _MAX_THREADS))
+
+
+# ---- labels -> relevance ----------------------------------------------------------------------------------------
+
+
+def _label_codes(q_labels: np.ndarray, db_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Relevance codes: int64 ids ``(n,)`` (relevant iff equal) or uint64 label bit sets ``(n, words)``.
+
+    Multi-hot rows with at most one label each (one-hot labels, the evaluator's format) become ids, compared in one
+    pass; a row without any label gets an id that matches nothing (-1 for queries, -2 for the database).
+    """
+    if q_labels.ndim == 1:
+        return q_labels, db_labels
+    q_on, db_on = q_labels != 0, db_labels != 0
+    q_count, db_count = q_on.sum(axis=1), db_on.sum(axis=1)
+    if q_count.max(initial=0) <= 1 and db_count.max(initial=0) <= 1:
+        q_ids = np.where(q_count == 1, np.argmax(q_on, axis=1), -1).astype(np.int64)
+        db_ids = np.where(db_count == 1, np.argmax(db_on, axis=1), -2).astype(np.int64)
+        return q_ids, db_ids
+    return _bit_sets(q_on), _bit_sets(db_on)
+
+
+def _bit_sets(on: np.ndarray) -> np.ndarray:
+    packed = np.packbits(on, axis=1, bitorder="little")
+    padded = np.zeros((on.shape[0], -(-packed.shape[1] // 8) * 8), dtype=np.uint8)
+    padded[:, : packed.shape[1]] = packed
+    return padded.view(np.uint64)
+
+
+def _relevance_into(q_codes: np.ndarray, db_codes: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """Bool ``(len(q_codes), n_db)`` into ``out``: share at least one label. ``scratch`` is a same-shape int buffer."""
+    if q_codes.ndim == 1:
+        return np.equal(q_codes[:, None], db_codes[None, :], out=out)
+    words = scratch.view(np.uint64)
+    np.bitwise_and(q_codes[:, 0, None], db_codes[None, :, 0], out=words)
+    for w in range(1, q_codes.shape[1]):
+        words |= q_codes[:, w, None] & db_codes[None, :, w]
+    return np.not_equal(words, 0, out=out)
+
+
+def _relevance(q_codes: np.ndarray, db_codes: np.ndarray, start: int, stop: int) -> np.ndarray:
+    shape = (stop - start, db_codes.shape[0])
+    return _relevance_into(q_codes[start:stop], db_codes, np.empty(shape, bool), np.empty(shape, np.int64))
+
+
+# ---- scores -> keys ---------------------------------------------------------------------------------------------
 
 
 def _row_norms_squared(x: np.ndarray) -> np.ndarray:
@@ -596,8 +695,24 @@ def _row_stats(x: np.ndarray, distance: str) -> np.ndarray | None:
     return None
 
 
+def _unique_rows(database: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(distinct rows, inverse)``, or ``(database, None)`` when no two rows are equal.
+
+    Two equal rows have equal first columns, so when the first column has no repeated value (real-valued embeddings)
+    that sort of one column settles it; only otherwise is the full (much slower) row-wise ``np.unique`` needed.
+    """
+    first = np.sort(database[:, 0])
+    if not np.any(first[1:] == first[:-1]):
+        return database, None
+    # np.unique compares values, so rows differing only in the sign of a zero count as duplicates too.
+    _, index, inverse = np.unique(database, axis=0, return_index=True, return_inverse=True)
+    if index.size == database.shape[0]:
+        return database, None
+    return database[index], inverse.reshape(-1)
+
+
 class _Scorer:
-    """Computes sort keys ``(b, n_db)`` for blocks of queries, where ascending = better.
+    """Scores blocks of queries and turns them into int64 ranking keys (ascending = better).
 
     Identical database rows are scored once and the score is copied to every duplicate. BLAS libraries do not
     promise bit-identical results for identical columns (their kernels may round differently at tile edges; OpenBLAS
@@ -609,140 +724,186 @@ class _Scorer:
     def __init__(self, query: np.ndarray, database: np.ndarray, distance: str):
         self.distance = distance
         self.query_stats = _row_stats(query, distance)
-        # np.unique compares values, so rows differing only in the sign of a zero count as duplicates too.
-        _, first, inverse = np.unique(database, axis=0, return_index=True, return_inverse=True)
-        if first.size == database.shape[0]:
-            self.database, self.expand = database, None
-        else:
-            self.database, self.expand = database[first], inverse.reshape(-1)
+        self.database, self.expand = _unique_rows(database)
         self.database_stats = _row_stats(self.database, distance)
+        self.n_db = database.shape[0]
 
-    def keys(self, query_block: np.ndarray, start: int, stop: int) -> np.ndarray:
-        """Keys for ``query_block`` = rows ``start:stop`` of the query set: negated similarity or squared distance."""
-        keys = query_block @ self.database.T
+    def products(self, query_block: np.ndarray) -> np.ndarray:
+        """``(b, n_distinct)`` inner products: the one matrix product of a block."""
+        return query_block @ self.database.T
+
+    def values(self, products: np.ndarray, start: int, out: np.ndarray | None = None) -> np.ndarray:
+        """The scores of query rows ``start:start + len(products)``, ``(r, n_db)``, computed in place in ``products``.
+
+        Similarities (cosine, inner; higher = better) or squared Euclidean distances (lower = better). With
+        duplicated database rows the result is expanded into ``out`` (or a new array).
+        """
+        rows = slice(start, start + products.shape[0])
         if self.distance == "euclidean":
             # ||a||^2 + ||b||^2 - 2ab can dip below 0 by rounding for near-duplicates; clipping keeps them tied at 0.
-            keys *= -2.0
-            keys += self.query_stats[start:stop, None]
-            keys += self.database_stats[None, :]
-            np.maximum(keys, 0.0, out=keys)
-        else:
-            if self.distance == "cosine":
-                # Divide the raw inner product (rather than multiply normalised rows) so that integer-valued features
-                # give bit-identical scores wherever the exact scores tie, as the per-query reference does.
-                keys /= self.query_stats[start:stop, None]
-                keys /= self.database_stats[None, :]
-            np.negative(keys, out=keys)
-            # Negating 0.0 gives -0.0; numpy compares them equal so the sort already treats them as a tie, but
-            # adding 0.0 maps -0.0 to +0.0 so that the keys are canonical whatever the sort does with signed zeros.
-            keys += 0.0
-        if self.expand is not None:
-            keys = np.take(keys, self.expand, axis=1)
-        return keys
+            products *= -2.0
+            products += self.query_stats[rows, None]
+            products += self.database_stats[None, :]
+            np.maximum(products, 0.0, out=products)
+        elif self.distance == "cosine":
+            # Divide the raw inner product (rather than multiply normalised rows) so that integer-valued features
+            # give bit-identical scores wherever the exact scores tie, as the per-query reference does.
+            products /= self.query_stats[rows, None]
+            products /= self.database_stats[None, :]
+        if self.expand is None:
+            return products
+        return np.take(products, self.expand, axis=1, out=out)
+
+    def keys(self, values: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+        """Int64 keys, in place in ``values``: ``u(a) < u(b)`` iff a ranks before b, ``u(a) == u(b)`` iff tied.
+
+        ``scratch`` is an int64 buffer of the same shape.
+        """
+        bits = values.view(np.int64)
+        if self.distance == "euclidean":
+            # Clipped squared distances are >= 0 (or -0.0): the bit pattern of a non-negative float is monotone.
+            np.bitwise_and(bits, _MAGNITUDE, out=bits)
+            return bits
+        # Higher similarity ranks first: u = -magnitude for s >= 0 and +magnitude for s < 0, so that u descends
+        # with s and +0.0 / -0.0 both map to 0. With sign = s >> 63 (0 or -1): u = sign - (magnitude ^ sign).
+        sign = np.right_shift(bits, 63, out=scratch)
+        np.bitwise_and(bits, _MAGNITUDE, out=bits)
+        np.bitwise_xor(bits, sign, out=bits)
+        np.subtract(sign, bits, out=bits)
+        return bits
 
 
-def _stable_order(keys: np.ndarray, depth: int) -> np.ndarray:
-    """Top-``depth`` column indices of each row of ``keys``, ascending by (key, index).
+# ---- keys -> ranked relevance -----------------------------------------------------------------------------------
 
-    A stable argsort of every row would do, but it is ~4x slower than numpy's default sort. The default sort is only
-    unstable among equal keys, so it is used wherever the first ``depth`` positions have no equal neighbours (then
-    the order there is unique) and the stable sort is rerun on the rows that do.
+
+def _ranked_flags(u: np.ndarray, relevant: np.ndarray, depth: int, key: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """Relevance of the top ``depth`` items of every row, in the exact stable ranking of ``u``.
+
+    Args:
+        u: int64 ``(r, n)`` ranking keys (ascending; equal = tied, ties by column index). Left unchanged.
+        relevant: bool ``(r, n)``.
+        depth: 1 <= depth <= n.
+        key: int64 ``(r, n)`` buffer (overwritten; the result is a view of it).
+        scratch: int64 ``(r, n)`` buffer (overwritten).
+
+    Returns:
+        int64 ``(r, depth)`` of 0/1: ``[i, j]`` = relevance of the item ranked j-th for row i.
     """
-    n = keys.shape[1]
-    rows = np.arange(keys.shape[0])
-    if depth * 4 <= n:
-        # Short cut-offs: partition first, then order only the candidates.
-        part = np.argpartition(keys, depth - 1, axis=1)[:, :depth]
-        threshold = keys[rows, part[:, depth - 1]]
-        # If more items than `depth` share the boundary key, which of them make the cut depends on their index.
-        clean = np.count_nonzero(keys <= threshold[:, None], axis=1) == depth
-        candidates = np.sort(part, axis=1)  # ascending index, so the stable sort below breaks ties by index
-        order = np.take_along_axis(
-            candidates,
-            np.argsort(np.take_along_axis(keys, candidates, axis=1), axis=1, kind="stable"),
-            axis=1,
-        )
-        if not clean.all():
-            order[~clean] = np.argsort(keys[~clean], axis=1, kind="stable")[:, :depth]
-        return order
-    order = np.argsort(keys, axis=1)
-    check = min(depth + 1, n)  # a tie straddling position depth decides which item gets in
-    ranked = np.take_along_axis(keys, order[:, :check], axis=1)
-    tied = np.any(ranked[:, 1:] == ranked[:, :-1], axis=1)
-    del ranked
-    if tied.any():
-        order[tied] = np.argsort(keys[tied], axis=1, kind="stable")
-    return order[:, :depth]
+    n = u.shape[1]
+    np.bitwise_and(u, _CLEAR_LOW_BIT, out=key)
+    np.bitwise_or(key, relevant, out=key)
+    if depth < n and depth * 4 <= n:
+        # Short cut-offs: select the depth + 1 smallest (the extra one shows a group straddling the cut), sort them.
+        key.partition(depth, axis=1)
+        key[:, : depth + 1].sort(axis=1)
+    else:
+        key.sort(axis=1)
+    m = min(depth + 1, n)
+    # A mixed pair group appears as neighbours 2t, 2t + 1, and in sorted order their xor is exactly 1.
+    pairs = np.bitwise_xor(key[:, 1:m], key[:, : m - 1], out=scratch[:, : m - 1])
+    mixed = np.any(pairs == 1, axis=1)
+    if depth < n:
+        # The group at the cut may hold irrelevant items (2t) on both sides of it and relevant ones (2t + 1) further
+        # down; only a search of the whole row shows those.
+        last = key[:, depth - 1]
+        open_group = (last == key[:, depth]) & ((last & 1) == 0)
+        if open_group.any():
+            rows = np.flatnonzero(open_group)
+            mixed[rows] |= np.any(key[rows] == (last[rows] + 1)[:, None], axis=1)
+    flags = key[:, :depth]
+    np.bitwise_and(flags, 1, out=flags)
+    if mixed.any():
+        rows = np.flatnonzero(mixed)
+        order = np.argsort(u[rows], axis=1, kind="stable")[:, :depth]
+        flags[rows] = np.take_along_axis(relevant[rows], order, axis=1)
+    return flags
 
 
-def _relevance(q_labels: np.ndarray, db_labels: np.ndarray, start: int, stop: int) -> np.ndarray:
-    if q_labels.ndim == 1:
-        return q_labels[start:stop, None] == db_labels[None, :]
-    # float32 counts of shared labels are exact up to 2^24 classes.
-    return (q_labels[start:stop] @ db_labels.T) > 0
+Consumer = Callable[[int, int, np.ndarray, np.ndarray], None]
 
 
-def _ranked_blocks(prep: _Prepared, depth: int) -> Iterator[tuple[int, int, np.ndarray, np.ndarray]]:
-    """Yields ``(start, stop, rel_sorted, n_relevant)`` per query block.
+def _rank_all(prep: _Prepared, depth: int, consume: Consumer) -> None:
+    """Ranks every query and calls ``consume(start, stop, flags, n_relevant)`` once per chunk of queries.
 
-    ``rel_sorted`` is bool ``(stop - start, depth)``: relevance of the top-``depth`` ranked database items;
-    ``n_relevant`` is int64 ``(stop - start,)``: relevant items in the whole database.
+    ``flags`` is int64 ``(stop - start, depth)``, the relevance (0/1) of the top ``depth`` items in ranked order;
+    ``n_relevant`` is int64 ``(stop - start,)``, the relevant items in the whole database. ``flags`` is a reused
+    buffer: ``consume`` must copy what it keeps. ``consume`` may run on several threads at once, for disjoint query
+    ranges; it must write only to the rows ``start:stop`` of its outputs.
     """
-    n_q = prep.query.shape[0]
-    for start in range(0, n_q, prep.block_size):
-        stop = min(start + prep.block_size, n_q)
-        relevant = _relevance(prep.query_labels, prep.database_labels, start, stop)
-        n_relevant = np.count_nonzero(relevant, axis=1).astype(np.int64)
-        keys = prep.scorer.keys(prep.query[start:stop], start, stop)
-        order = _stable_order(keys, depth)
-        del keys
-        rel_sorted = np.take_along_axis(relevant, order, axis=1)
-        # Free the big temporaries before the consumer adds its own: the generator frame would keep them alive.
-        del order, relevant
-        yield start, stop, rel_sorted, n_relevant
+    n_q, n_db = prep.query.shape[0], prep.scorer.n_db
+    chunk = _chunk_rows(n_db)
+
+    def rank(block: np.ndarray, block_start: int, spans: list[tuple[int, int]]) -> None:
+        rows = max(b - a for a, b in spans)
+        key = np.empty((rows, n_db), np.int64)
+        scratch = np.empty((rows, n_db), np.int64)
+        relevant = np.empty((rows, n_db), bool)
+        expanded = None if prep.scorer.expand is None else np.empty((rows, n_db), np.float64)
+        for a, b in spans:
+            r = b - a
+            values = prep.scorer.values(block[a - block_start : b - block_start], a,
+                                        None if expanded is None else expanded[:r])
+            u = prep.scorer.keys(values, scratch[:r])
+            rel = _relevance_into(prep.query_labels[a:b], prep.database_labels, relevant[:r], scratch[:r])
+            n_relevant = np.count_nonzero(rel, axis=1).astype(np.int64)
+            consume(a, b, _ranked_flags(u, rel, depth, key[:r], scratch[:r]), n_relevant)
+
+    pool = ThreadPoolExecutor(prep.threads) if prep.threads > 1 else None
+    try:
+        for start in range(0, n_q, prep.block_size):
+            stop = min(start + prep.block_size, n_q)
+            block = prep.scorer.products(prep.query[start:stop])
+            spans = [(a, min(a + chunk, stop)) for a in range(start, stop, chunk)]
+            if pool is None or len(spans) == 1:
+                rank(block, start, spans)
+                continue
+            # Interleaved shares, one task per thread: each allocates its buffers once per block.
+            shares = [spans[i :: prep.threads] for i in range(min(prep.threads, len(spans)))]
+            for future in [pool.submit(rank, block, start, share) for share in shares]:
+                future.result()  # re-raises a worker's exception here
+            del block
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
-def _row_chunks(shape: tuple[int, int]) -> Iterator[slice]:
-    """Row slices of ~1M pairs: the index arrays of :func:`_hit_precisions` take up to 40 bytes per relevant pair,
-    which must not outgrow the block's budget when nearly everything is relevant (dense multi-label data)."""
-    n_rows, depth = shape
-    chunk = max(1, 2**20 // max(depth, 1))
-    for start in range(0, n_rows, chunk):
-        yield slice(start, min(start + chunk, n_rows))
+# ---- ranked relevance -> metrics --------------------------------------------------------------------------------
 
 
-def _hit_precisions(rel_sorted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _hit_precisions(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Precision at every relevant rank, as a flat row-major list.
 
     Args:
-        rel_sorted: bool ``(b, K)``, relevance in ranked order.
+        flags: ``(b, K)`` relevance (0/1 or bool) in ranked order.
 
     Returns:
         ``(rows, counts, starts, precision)``: the row of each hit ``(h,)``, hits per row ``(b,)``, where each row
         starts in the flat list ``(b,)``, and ``P(r) = j / r`` at the j-th hit of its row (rank r) ``(h,)``.
     """
-    rows, cols = np.nonzero(rel_sorted)
-    counts = np.bincount(rows, minlength=rel_sorted.shape[0])
+    hit = flags.astype(bool)
+    # flatnonzero of a contiguous bool array is several times faster than a 2-D nonzero (which returns two arrays).
+    flat = np.flatnonzero(hit)
+    counts = np.count_nonzero(hit, axis=1)
     starts = np.cumsum(counts) - counts
-    j = np.arange(1, rows.size + 1) - np.repeat(starts, counts)
-    return rows, counts, starts, j / (cols + 1)
+    b, depth = hit.shape
+    rows = np.repeat(np.arange(b), counts)
+    # Rank r = column + 1 = flat - row * depth + 1; the j-th hit of its row: j = position in the list - start + 1.
+    rank = flat + 1 - np.repeat(np.arange(0, b * depth, depth), counts)
+    j = np.arange(1, flat.size + 1) - np.repeat(starts, counts)
+    return rows, counts, starts, j / rank
 
 
-def _ap_from_ranked(rel_sorted: np.ndarray, n_relevant: np.ndarray, normalization: str) -> np.ndarray:
-    """AP per row of ``rel_sorted`` (bool ``(b, K)``, relevance in ranked order); ``n_relevant`` is ``(b,)``."""
-    precision_sum = np.zeros(rel_sorted.shape[0])
-    hits = np.empty(rel_sorted.shape[0], dtype=np.int64)
-    for chunk in _row_chunks(rel_sorted.shape):
-        rows, counts, _, precision = _hit_precisions(rel_sorted[chunk])
-        # Only relevant ranks add to the sum; bincount adds them in rank order, exactly like the loop reference.
-        precision_sum[chunk] = np.bincount(rows, weights=precision, minlength=counts.size)
-        hits[chunk] = counts
-    denominator = n_relevant if normalization == "all_relevant" else hits
+def _ap_from_ranked(flags: np.ndarray, n_relevant: np.ndarray, normalization: str) -> np.ndarray:
+    """AP per row of ``flags`` (``(b, K)``, relevance in ranked order); ``n_relevant`` is ``(b,)``."""
+    rows, counts, _, precision = _hit_precisions(flags)
+    # Only relevant ranks add to the sum; bincount adds them in rank order, exactly like the loop reference.
+    precision_sum = np.bincount(rows, weights=precision, minlength=counts.size)
+    denominator = n_relevant if normalization == "all_relevant" else counts
     return _safe_ratio(precision_sum, denominator)
 
 
-def _prefix_hits(rel_sorted: np.ndarray, depths: Iterable[int]) -> np.ndarray:
-    return np.stack([np.count_nonzero(rel_sorted[:, :d], axis=1) for d in depths], axis=1)
+def _prefix_hits(flags: np.ndarray, depths: Iterable[int]) -> np.ndarray:
+    return np.stack([np.count_nonzero(flags[:, :d], axis=1) for d in depths], axis=1)
 
 
 def _hits_at(prep: _Prepared, ks: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -751,9 +912,12 @@ def _hits_at(prep: _Prepared, ks: list[int]) -> tuple[np.ndarray, np.ndarray]:
     clipped = [min(k, n_db) for k in ks]
     hits = np.empty((n_q, len(ks)), dtype=np.int64)
     n_relevant_all = np.empty(n_q, dtype=np.int64)
-    for start, stop, rel_sorted, n_relevant in _ranked_blocks(prep, max(clipped)):
-        hits[start:stop] = _prefix_hits(rel_sorted, clipped)
+
+    def consume(start, stop, flags, n_relevant):
+        hits[start:stop] = _prefix_hits(flags, clipped)
         n_relevant_all[start:stop] = n_relevant
+
+    _rank_all(prep, max(clipped), consume)
     return hits, n_relevant_all
 
 
