@@ -18,9 +18,9 @@ def main() -> int:
     args = parser.parse_args()
 
     quiet_tensorflow()
-    from tf_xmr.config.schema import load_experiment
+    from tf_xmr.experiment import load_experiment
     from tf_xmr.reporting import format_table
-    from tf_xmr.training.trainer import train
+    from tf_xmr.training.pipeline import train
 
     config = load_experiment(args.config, args.overrides)
     result = train(config, config_path=args.config)

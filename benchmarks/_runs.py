@@ -17,8 +17,8 @@ def run_parent(out: str | None, name: str) -> str:
 
 def train_run(config_path: str, overrides, *, seed: int, run_dir: str) -> dict:
     """One full ``train.py``-equivalent run (checkpoint chosen on validation, test scored once); its metrics.json."""
-    from tf_xmr.config.schema import load_experiment
-    from tf_xmr.training.trainer import train
+    from tf_xmr.experiment import load_experiment
+    from tf_xmr.training.pipeline import train
 
     overrides = [*overrides, f"seed={seed}", f"run_dir={run_dir}", "train.verbose=0"]
     return train(load_experiment(config_path, overrides), config_path=config_path).metrics

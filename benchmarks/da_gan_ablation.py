@@ -73,11 +73,12 @@ def _train(config, sets, run_dir):
 
 def _score_run(config_path, sets, run_dir, with_references):
     """Retrieval-time and upper-bound test scores of a finished run (and the reference variants)."""
-    from tf_xmr.config.schema import load_experiment
+    from tf_xmr.experiment import load_experiment
     from tf_xmr.metrics import RetrievalProtocol
-    from tf_xmr.metrics.evaluator import embed_split, score_embeddings
+    from tf_xmr.metrics.evaluator import score_embeddings
+    from tf_xmr.scoring import embed_split
     from tf_xmr.methods.da_gan import upper_bound_embeddings
-    from tf_xmr.training.trainer import build_model, data_spec, load_data
+    from tf_xmr.modeling import build_model, data_spec, load_data
 
     protocols = {"all": RetrievalProtocol("cosine", None, "all_relevant"),
                  "at50": RetrievalProtocol("cosine", 50, "retrieved")}

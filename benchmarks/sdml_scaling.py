@@ -73,9 +73,9 @@ def worker(args) -> int:
     """One measurement in this (fresh) process; prints one JSON line."""
     import tensorflow as tf
 
-    from tf_xmr.config.schema import load_experiment
+    from tf_xmr.experiment import load_experiment
     from tf_xmr.training import independent
-    from tf_xmr.training.trainer import build_optimizer, data_spec, load_data
+    from tf_xmr.modeling import build_optimizer, data_spec, load_data
 
     config = load_experiment(args.config, _overrides(args, None))
     feature_set = load_data(config)
@@ -158,8 +158,8 @@ def main(argv=None) -> int:
     if args.worker:
         return worker(args)
 
-    from tf_xmr.config.schema import load_experiment
-    from tf_xmr.training.trainer import train
+    from tf_xmr.experiment import load_experiment
+    from tf_xmr.training.pipeline import train
 
     out = args.out or tempfile.mkdtemp(prefix="sdml-scaling-")
     base = load_experiment(args.config, _overrides(args, None))

@@ -24,7 +24,7 @@ def _time_fit(dims, jit: bool, steps: int, repeats: int, batch: int = 64) -> tup
     from tf_xmr.config.schema import OptimizerConfig
     from tf_xmr.methods.acmr import ACMR, ACMRConfig
     from tf_xmr.methods.base import DataSpec
-    from tf_xmr.training.trainer import build_optimizer
+    from tf_xmr.modeling import build_optimizer
 
     rng = np.random.default_rng(0)
     spec = DataSpec(("image", "text"), dims, 10)

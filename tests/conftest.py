@@ -95,7 +95,7 @@ def paired_batch(n: int = 12, *, seed: int = 0, image_dim: int = 12, text_dim: i
 def compile_players(model, learning_rate: float = 1e-2, **compile_kwargs):
     """Build every variable of an adversarial ``model`` and compile it with one Adam optimiser per player."""
     from tf_xmr.config.schema import OptimizerConfig
-    from tf_xmr.training.trainer import build_optimizer
+    from tf_xmr.modeling import build_optimizer
 
     model.build_for_training()
     model.compile(optimizers={p.name: build_optimizer(OptimizerConfig(learning_rate=learning_rate), name=p.name)

@@ -27,3 +27,9 @@ class DataError(XmrError):
 
 class ModelInputError(XmrError):
     """Input to a trained or exported model does not match it (e.g. feature dimension)."""
+
+
+class TrainingError(XmrError):
+    """Training could not continue (for example the loss became NaN)."""
+
+    exit_code = 1

@@ -9,17 +9,6 @@ import numpy as np
 from tf_xmr.errors import ConfigError, ModelInputError
 
 
-def load_run_config(run_dir: str, overrides=()):
-    from tf_xmr.config.schema import load_experiment
-
-    path = os.path.join(run_dir, "config.yaml")
-    if not os.path.isdir(run_dir):
-        raise ConfigError(f"run directory {run_dir} does not exist")
-    if not os.path.exists(path):
-        raise ConfigError(f"{run_dir} is not a tf_xmr run directory (no config.yaml)")
-    return load_experiment(path, overrides)
-
-
 def run_encoders(run_dir: str, config, feature_set, source: str = "auto") -> tuple[dict, str]:
     """modality -> callable encoder, from the exported SavedModels or the best checkpoint.
 
@@ -41,31 +30,14 @@ def run_encoders(run_dir: str, config, feature_set, source: str = "auto") -> tup
                     f"{m} features are {feature_set.dims[m]}-d"
                 )
         return encoders, "export (" + ", ".join(e.path for e in encoders.values()) + ")"
-    from tf_xmr.training.independent import run_modalities
+    from tf_xmr.modeling import encoder_functions, trained_encoders
+    from tf_xmr.run_dir import best_checkpoint, run_modalities
 
-    if run_modalities(run_dir) is not None:
-        # Independent modality networks (e.g. SDML): one checkpoint per modality.
-        import tensorflow as tf
-
-        from tf_xmr.training.independent import load_networks, load_shared_state
-        from tf_xmr.training.trainer import data_spec
-
-        nets = load_networks(config, data_spec(config, feature_set), load_shared_state(run_dir), run_dir,
-                             feature_set.modalities)
-        encoders = {m: tf.function(lambda x, enc=net.encoder: enc(x, training=False), reduce_retracing=True)
-                    for m, net in nets.items()}
-        return encoders, f"checkpoints ({os.path.join(run_dir, 'modalities')})"
-    best = os.path.join(run_dir, "checkpoints", "best.weights.h5")
-    if not os.path.exists(best):
+    if run_modalities(run_dir) is None and not os.path.exists(best_checkpoint(run_dir)):
         raise ModelInputError(f"{run_dir} has neither exported encoders nor checkpoints/best.weights.h5")
-    from tf_xmr.training.trainer import build_model, data_spec, keras_encoders
-
-    model = build_model(config, data_spec(config, feature_set))
-    try:
-        model.load_weights(best)
-    except ValueError as exc:
-        raise ModelInputError(f"checkpoint {best} does not fit the model built from the data: {exc}") from None
-    return keras_encoders(model), f"checkpoint ({best})"
+    where = (os.path.join(run_dir, "modalities") if run_modalities(run_dir) is not None
+             else best_checkpoint(run_dir))
+    return encoder_functions(trained_encoders(run_dir, config, feature_set)), f"checkpoint ({where})"
 
 
 def evaluate_run(run_dir: str, overrides=(), *, split: str = "test", preset: str | None = None,
@@ -76,13 +48,12 @@ def evaluate_run(run_dir: str, overrides=(), *, split: str = "test", preset: str
         ``{split: scores, "protocol": ..., "model": where the encoders came from, "curves": {...} (if asked)}``.
     """
     from tf_xmr.metrics import precision_recall_curve, precision_scope_curve
-    from tf_xmr.metrics.evaluator import direction_name, directions, embed_split, score_embeddings
-    from tf_xmr.training.trainer import load_data, protocol
+    from tf_xmr.metrics.evaluator import direction_name, directions, score_embeddings
+    from tf_xmr.modeling import prepare_data, unseen_classes
+    from tf_xmr.run_dir import load_run_config, run_modalities
+    from tf_xmr.scoring import embed_config_split, protocol, zero_shot_scores
 
-    from tf_xmr.training.independent import run_modalities
-
-    config = load_run_config(run_dir, overrides)
-    feature_set = load_data(config)
+    config, feature_set = prepare_data(load_run_config(run_dir, overrides))
     scored = run_modalities(run_dir)
     if scored is not None and tuple(scored) != tuple(feature_set.modalities):
         # A run that trained (or was extended to) a subset of the data's modalities scores exactly those.
@@ -91,17 +62,12 @@ def evaluate_run(run_dir: str, overrides=(), *, split: str = "test", preset: str
         raise ConfigError(f"split {split!r} not in the data; it has {sorted(feature_set.splits)}")
     encoders, origin = run_encoders(run_dir, config, feature_set, source)
     chosen = protocol(config, preset)
-    embeddings, labels = embed_split(
-        feature_set.splits[split], encoders, batch_size=config.train.eval_batch_size,
-        num_classes=feature_set.num_classes,
-    )
+    embeddings, labels = embed_config_split(encoders, feature_set, split, config)
     result = {
         split: score_embeddings(embeddings, labels, chosen, feature_set.modalities, detailed=True),
         "protocol": chosen.describe(),
         "model": origin,
     }
-    from tf_xmr.training.trainer import unseen_classes, zero_shot_scores
-
     unseen = unseen_classes(config, feature_set)
     if unseen:
         # A zero-shot run (or --set data.unseen_classes=...): the three zero-shot protocols and their chance level.

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from tf_xmr.config import from_dict
-from tf_xmr.config.schema import ClassEmbeddingConfig, DataConfig, load_experiment
+from tf_xmr.config.schema import ClassEmbeddingConfig, DataConfig
+from tf_xmr.experiment import load_experiment
 from tf_xmr.data.class_embeddings import (
     class_embeddings_for, class_name_words, embed_class_names, load_word_vectors,
 )
 from tf_xmr.data.from_config import load_feature_set
 from tf_xmr.errors import ConfigError, DataError
-from tf_xmr.training.trainer import train
+from tf_xmr.training.pipeline import train
 
 WORDS = {
     "art": [1.0, 0.0, 0.0],

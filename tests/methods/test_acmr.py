@@ -8,7 +8,7 @@ from tf_xmr.config import from_dict
 from tf_xmr.errors import ConfigError
 from tf_xmr.methods.acmr import ACMR, ACMRConfig
 from tf_xmr.methods.base import DataSpec
-from tf_xmr.training.trainer import build_optimizer
+from tf_xmr.modeling import build_optimizer
 from tf_xmr.config.schema import OptimizerConfig
 
 SPEC = DataSpec(modalities=("image", "text"), dims={"image": 12, "text": 6}, num_classes=3)

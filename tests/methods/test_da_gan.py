@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from tests.conftest import ROOT, compile_players, paired_batch, run_cli, variable_ids
 from tf_xmr.config import from_dict
-from tf_xmr.config.schema import load_experiment
+from tf_xmr.experiment import load_experiment
 from tf_xmr.data.grouping import group_key
 from tf_xmr.errors import ConfigError
 from tf_xmr.methods.base import DataSpec
@@ -249,7 +249,7 @@ def test_train_cli_end_to_end_and_export_round_trip(tmp_path):
 
     # The exported encoder (prototypes baked in) equals the Keras retrieval encoder of the selected checkpoint.
     from tf_xmr.export import load_exported
-    from tf_xmr.training.trainer import build_model, data_spec, load_data
+    from tf_xmr.modeling import build_model, data_spec, load_data
 
     config = load_experiment(os.path.join(ROOT, "configs/da_gan.yaml"), overrides)
     model = build_model(config, data_spec(config, load_data(config)))

@@ -11,11 +11,11 @@ import tensorflow as tf
 
 from tests.conftest import compile_players, paired_batch, variable_ids
 from tf_xmr.config import from_dict
-from tf_xmr.config.schema import load_experiment
+from tf_xmr.experiment import load_experiment
 from tf_xmr.errors import ConfigError
 from tf_xmr.methods.base import DataSpec
 from tf_xmr.methods.jfse import JFSE, JFSEConfig, scale_class_embeddings
-from tf_xmr.training.trainer import train
+from tf_xmr.training.pipeline import train
 
 CLASS_EMBEDDINGS = np.random.default_rng(0).normal(size=(3, 5)).astype(np.float32)
 SPEC = DataSpec(modalities=("image", "text"), dims={"image": 12, "text": 6}, num_classes=3,

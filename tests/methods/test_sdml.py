@@ -9,11 +9,15 @@ import tensorflow as tf
 
 from tests.conftest import run_cli, tiny_overrides
 from tf_xmr.config import from_dict
-from tf_xmr.config.schema import load_experiment
+from tf_xmr.experiment import load_experiment
 from tf_xmr.errors import ConfigError
 from tf_xmr.methods.base import DataSpec
 from tf_xmr.methods.sdml import DSAE, SDML, SDMLConfig, generate_projection, mean_row_distance
-from tf_xmr.training import independent, trainer
+from tf_xmr import modeling
+from tf_xmr import run_dir as layout
+from tf_xmr.files import file_sha256, tree_hashes
+from tf_xmr.training import independent
+from tf_xmr.training.pipeline import train
 
 FIVE = "{image: 24, text: 20, audio: 8, 3d: 24, video: 12}"
 SIX = "{image: 24, text: 20, audio: 8, 3d: 24, video: 12, sketch: 10}"
@@ -115,7 +119,7 @@ def test_fit_trains_one_network_and_never_p():
 def test_five_modalities_then_a_sixth_leaves_the_others_untouched(tmp_path):
     run_dir = str(tmp_path / "run")
     # The data already holds six modalities; this first run trains five of them (in 2 worker processes).
-    first = trainer.train(load_experiment("configs/sdml_5modal.yaml", tiny(run_dir, SIX, [
+    first = train(load_experiment("configs/sdml_5modal.yaml", tiny(run_dir, SIX, [
         "model.train_modalities=[image, text, audio, 3d, video]", "train.parallel_modalities=true",
         "train.max_workers=2",
     ])))
@@ -131,29 +135,29 @@ def test_five_modalities_then_a_sixth_leaves_the_others_untouched(tmp_path):
 
     # A worker's network equals the same modality trained in this process (seeded per network, not per run).
     config = load_experiment("configs/sdml_5modal.yaml", tiny(run_dir, SIX))
-    feature_set = trainer.load_data(config)
-    spec = trainer.data_spec(config, feature_set)
-    state = independent.load_shared_state(run_dir)
+    feature_set = modeling.load_data(config)
+    spec = modeling.data_spec(config, feature_set)
+    state = layout.load_shared_state(run_dir)
     independent.train_modality(config, feature_set, spec, state, "audio", str(tmp_path / "audio_here"))
     here = SDML.modality_model(config.model, spec, "audio", state)
     here.load_weights(str(tmp_path / "audio_here" / "checkpoints" / "best.weights.h5"))
-    worker = independent.load_networks(config, spec, state, run_dir, ["audio"])["audio"]
+    worker = modeling.load_networks(config, spec, state, run_dir, ["audio"])["audio"]
     for a, b in zip(here.weights, worker.weights):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
     def hashes():
-        return {m: (independent.tree_hashes(independent.modality_dir(run_dir, m)),
-                    independent.tree_hashes(os.path.join(run_dir, "export", f"{m}_encoder"))) for m in five}
+        return {m: (tree_hashes(layout.modality_dir(run_dir, m)),
+                    tree_hashes(os.path.join(run_dir, "export", f"{m}_encoder"))) for m in five}
 
     before = hashes()
-    p_before = independent.file_sha256(os.path.join(run_dir, independent.SHARED_FILE))
+    p_before = file_sha256(os.path.join(run_dir, layout.SHARED_FILE))
     # The documented command (`train.py --config ... --set resume_from=RUN --set model.train_modalities=[NEW]`),
     # in-process to keep the suite fast; test_cli_bad_input_is_one_line_and_exit_2 covers the CLI itself.
     sets = tiny(run_dir, SIX, ["resume_from=" + run_dir, "model.train_modalities=[sketch]"])
     sets.remove(f"run_dir={run_dir}")
-    trainer.train(load_experiment("configs/sdml_5modal.yaml", sets))
+    train(load_experiment("configs/sdml_5modal.yaml", sets))
     assert hashes() == before
-    assert independent.file_sha256(os.path.join(run_dir, independent.SHARED_FILE)) == p_before
+    assert file_sha256(os.path.join(run_dir, layout.SHARED_FILE)) == p_before
     with open(os.path.join(run_dir, "metrics.json")) as handle:
         second = json.load(handle)
     six = (*five, "sketch")
@@ -172,7 +176,7 @@ def test_five_modalities_then_a_sixth_leaves_the_others_untouched(tmp_path):
     assert rescored["map_sketch2image"] == pytest.approx(second["test"]["map_sketch2image"], abs=1e-5)
 
     # Bad extensions: one-line errors, and nothing in the run changes.
-    everything = independent.tree_hashes(run_dir)
+    everything = tree_hashes(run_dir)
     bad = {
         "already trained": tiny("", SIX, ["resume_from=" + run_dir, "model.train_modalities=[audio]", "run_dir=null"]),
         "lacks": tiny("", SIX, ["resume_from=" + run_dir, "model.train_modalities=[smell]", "run_dir=null"]),
@@ -182,8 +186,8 @@ def test_five_modalities_then_a_sixth_leaves_the_others_untouched(tmp_path):
     }
     for message, overrides in bad.items():
         with pytest.raises(ConfigError, match=message):
-            trainer.train(load_experiment("configs/sdml_5modal.yaml", overrides))
-    assert independent.tree_hashes(run_dir) == everything
+            train(load_experiment("configs/sdml_5modal.yaml", overrides))
+    assert tree_hashes(run_dir) == everything
 
 
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
@@ -200,7 +204,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
 def test_resume_from_is_refused_for_jointly_trained_methods(tmp_path):
     config = load_experiment("configs/acmr.yaml", [*tiny_overrides(str(tmp_path / "run")), f"resume_from={tmp_path}"])
     with pytest.raises(ConfigError, match="resume_from is for methods whose modality networks train independently"):
-        trainer.train(config)
+        train(config)
 
 
 def test_joint_baseline_updates_every_network_in_one_step():

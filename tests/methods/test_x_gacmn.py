@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tests.conftest import compile_players, paired_batch, run_cli, variable_ids
 from tf_xmr.config import from_dict
-from tf_xmr.config.schema import load_experiment
+from tf_xmr.experiment import load_experiment
 from tf_xmr.errors import ConfigError
 from tf_xmr.layers import AngularMarginSoftmax
 from tf_xmr.methods.base import DataSpec

@@ -104,8 +104,8 @@ def _mirrored_script(run_dir):
         import tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from tf_xmr.config.schema import load_experiment
-        from tf_xmr.training.trainer import train
+        from tf_xmr.experiment import load_experiment
+        from tf_xmr.training.pipeline import train
         train(load_experiment("configs/acmr.yaml", {sets!r}))
     """)
 
@@ -163,19 +163,21 @@ def reference(launched, tmp_path_factory):
     """The single-device run (in-process): final weights, and how far training moved them from initialisation."""
     import keras
 
-    from tf_xmr.config.schema import load_experiment
-    from tf_xmr.training import trainer
+    from tf_xmr.experiment import load_experiment
+    from tf_xmr import modeling, scoring
+from tf_xmr import run_dir as layout
+from tf_xmr.training.pipeline import train
 
     run_dir = str(tmp_path_factory.mktemp("single") / "run")
     config = load_experiment(os.path.join(ROOT, "configs/acmr.yaml"), [f"run_dir={run_dir}", *SHARED])
-    assert trainer.load_data(config).splits["train"].num_examples() % 41 == 11  # the uneven last batch
-    result = trainer.train(config)
+    assert modeling.load_data(config).splits["train"].num_examples() % 41 == 11  # the uneven last batch
+    result = train(config)
     final = _weights(os.path.join(run_dir, "checkpoints", "best.weights.h5"))
     # The initial weights: same seed, same construction order as train().
     keras.utils.set_random_seed(config.seed)
-    feature_set = trainer.load_data(config)
+    feature_set = modeling.load_data(config)
     initial_path = os.path.join(str(tmp_path_factory.mktemp("init")), "init.weights.h5")
-    trainer.build_model(config, trainer.data_spec(config, feature_set)).save_weights(initial_path)
+    modeling.build_model(config, modeling.data_spec(config, feature_set)).save_weights(initial_path)
     initial = _weights(initial_path)
     # Float weights only: the untrained model has no optimiser state, and the step counter is not a weight.
     keys = [k for k in initial if k in final and np.issubdtype(initial[k].dtype, np.floating)]

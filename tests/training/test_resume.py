@@ -24,9 +24,9 @@ import time
 import pytest
 
 from tests.conftest import ROOT
-from tf_xmr.config.schema import load_experiment
+from tf_xmr.experiment import load_experiment
 from tf_xmr.training import callbacks as cb
-from tf_xmr.training import trainer
+from tf_xmr.training.pipeline import train
 
 EPOCHS = 2
 COMMON = [
@@ -114,7 +114,7 @@ def reference_with_snapshot(method, tmp_root):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(cb.FaultInjection.ENV, spec)
         patch.setattr(cb.FaultInjection, "on_train_batch_begin", take_snapshot)
-        metrics = trainer.train(config(method, run_dir)).metrics
+        metrics = train(config(method, run_dir)).metrics
     assert os.path.isdir(snapshot), "the interruption point was never reached"
     _references[method] = (metrics, snapshot)
     return metrics, snapshot
@@ -202,7 +202,7 @@ def test_every_method_resumes_mid_epoch_to_the_uninterrupted_result(method, tmp_
     shutil.move(snapshot, run_dir)
     _references.pop(method)
     assert not os.path.exists(os.path.join(run_dir, "metrics.json"))
-    resumed = trainer.train(config(method, run_dir)).metrics
+    resumed = train(config(method, run_dir)).metrics
     assert_same_scores(resumed, reference)
     # SDML drops the last partial batch (configs/_base/sdml.yaml, as its authors' code): 107 // 32 = 3 steps.
     steps = 3 if method == "sdml" else STEPS_PER_EPOCH

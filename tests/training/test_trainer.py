@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli, tiny_overrides
-from tf_xmr.config.schema import load_experiment
+from tf_xmr.experiment import load_experiment
 from tf_xmr.training import callbacks as cb
-from tf_xmr.training import trainer
+from tf_xmr import modeling, scoring
+from tf_xmr import run_dir as layout
+from tf_xmr.training.pipeline import train
 
 
 def _config(run_dir, epochs=3, extra=()):
@@ -18,14 +20,14 @@ def _config(run_dir, epochs=3, extra=()):
 
 def test_test_split_is_scored_once_after_selection_on_validation(tmp_path, monkeypatch):
     calls = []
-    real = trainer.score_split
+    real = scoring.score_split
 
     def spy(encoders, feature_set, split, config, preset=None, detailed=False):
         calls.append((split, preset))
         return real(encoders, feature_set, split, config, preset=preset, detailed=detailed)
 
-    monkeypatch.setattr(trainer, "score_split", spy)
-    result = trainer.train(_config(str(tmp_path / "run"), epochs=3, extra=["train.jit_compile=false"]))
+    monkeypatch.setattr(scoring, "score_split", spy)
+    result = train(_config(str(tmp_path / "run"), epochs=3, extra=["train.jit_compile=false"]))
     splits = [split for split, _ in calls]
     first_test = splits.index("test")
     # Every validation evaluation happens before the test split is touched; the test split is scored once per
@@ -71,7 +73,7 @@ def test_interrupted_run_resumes_from_the_last_epoch(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cb.StopOnNonFinite, "on_epoch_begin", crash_in_third_epoch)
     with pytest.raises(KeyboardInterrupt):
-        trainer.train(config)
+        train(config)
     assert not os.path.exists(os.path.join(run_dir, "metrics.json"))
     assert os.path.isdir(os.path.join(run_dir, "checkpoints", "backup"))
     monkeypatch.setattr(cb.StopOnNonFinite, "on_epoch_begin", real_begin)
@@ -84,7 +86,7 @@ def test_interrupted_run_resumes_from_the_last_epoch(tmp_path, monkeypatch):
         return real_end(self, epoch, logs)
 
     monkeypatch.setattr(cb.RetrievalValidation, "on_epoch_end", record)
-    result = trainer.train(config)
+    result = train(config)
     # BackupAndRestore: the second run trains only epochs 3 and 4.
     assert evaluated == [2, 3]
     assert os.path.exists(os.path.join(run_dir, "metrics.json"))
@@ -98,11 +100,11 @@ def test_resuming_with_a_different_config_is_refused(tmp_path):
     run_dir.mkdir()
     (run_dir / "config.yaml").write_text("seed: 1\n")
     with pytest.raises(ConfigError, match="different config"):
-        trainer.prepare_run_dir(str(run_dir), _config(str(run_dir)))
+        layout.prepare_run_dir(str(run_dir), _config(str(run_dir)))
     (run_dir / "config.yaml").unlink()
     (run_dir / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not a tf_xmr run"):
-        trainer.prepare_run_dir(str(run_dir), _config(str(run_dir)))
+        layout.prepare_run_dir(str(run_dir), _config(str(run_dir)))
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
@@ -112,12 +114,12 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeyp
 
     config_path = os.path.abspath("configs/acmr.yaml")
     frozen = datetime.datetime(2026, 12, 1, 12, 0, 0)
-    monkeypatch.setattr(trainer.datetime, "datetime", type("Frozen", (datetime.datetime,), {
+    monkeypatch.setattr(layout.datetime, "datetime", type("Frozen", (datetime.datetime,), {
         "now": classmethod(lambda cls, tz=None: frozen)}))
     monkeypatch.chdir(tmp_path)
     overrides = [*(o for o in tiny_overrides("unused", epochs=1) if not o.startswith("run_dir=")),
                  "export.enabled=false", "train.jit_compile=false"]
-    dirs = [trainer.train(load_experiment(config_path, overrides), config_path=config_path).run_dir
+    dirs = [train(load_experiment(config_path, overrides), config_path=config_path).run_dir
             for _ in range(2)]
     assert dirs == [os.path.join("saved_models", "acmr-20261201-120000"),
                     os.path.join("saved_models", "acmr-20261201-120000-2")]
@@ -174,7 +176,7 @@ def test_convert_to_records_and_train_on_them(tmp_path):
         tiny_overrides(run_dir, epochs=1, extra=["data.source=records", f"data.root={out}",
                                                 "train.jit_compile=false", "export.enabled=false"]),
     )
-    result = trainer.train(config)
+    result = train(config)
     assert result.metrics["data"]["loader"] == "records"
     counts = result.metrics["data"]
     assert 0.0 <= result.metrics["test"]["map_avg"] <= 1.0 and counts

@@ -8,12 +8,14 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli, tiny_overrides
-from tf_xmr.config.schema import load_experiment
+from tf_xmr.experiment import load_experiment
 from tf_xmr.data.class_split import resolve_unseen_classes
 from tf_xmr.metrics import RetrievalProtocol
-from tf_xmr.metrics.evaluator import embed_split
+from tf_xmr.scoring import embed_split
 from tf_xmr.metrics.zero_shot import seen_unseen_masks, zero_shot_report
-from tf_xmr.training import trainer
+from tf_xmr import modeling, scoring
+from tf_xmr import run_dir as layout
+from tf_xmr.training.pipeline import train
 
 # A JFSE run at the size of tests/methods/test_jfse.py's end-to-end test.
 JFSE_TINY = [
@@ -32,10 +34,10 @@ def acmr_zero_shot_run(tmp_path_factory):
         run_dir, epochs=2, extra=["data.unseen_classes=0.5", "seed=3", "train.jit_compile=false"]))
     # The feature set train() loads for this config (load_data is deterministic in the config and seed).
     seen_by_training = []
-    feature_set = trainer.load_data(config)
+    feature_set = modeling.load_data(config)
     for split in ("train", "val"):
         seen_by_training.append(np.asarray(feature_set.splits[split].labels["image"]))
-    result = trainer.train(config)
+    result = train(config)
     return config, feature_set, seen_by_training, result
 
 
@@ -91,9 +93,9 @@ def test_evaluate_reproduces_the_zero_shot_block(acmr_zero_shot_run):
 
 
 def test_jfse_zero_shot_config_trains_with_and_without_synthesis(tmp_path):
-    with_synthesis = trainer.train(load_experiment("configs/jfse_zero_shot.yaml",
+    with_synthesis = train(load_experiment("configs/jfse_zero_shot.yaml",
                                                    [*JFSE_TINY, f"run_dir={tmp_path / 'with'}"]))
-    without = trainer.train(load_experiment("configs/jfse_zero_shot.yaml",
+    without = train(load_experiment("configs/jfse_zero_shot.yaml",
                                             [*JFSE_TINY, f"run_dir={tmp_path / 'without'}",
                                              "model.synthesize_unseen=false"]))
     # Same seed -> same split for both; only the synthesis differs, and it changes what the regressors learn.

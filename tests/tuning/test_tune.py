@@ -45,12 +45,12 @@ class Spies:
     """Records what a search embeds and the RetrievalValidation callbacks it makes; hides the test split."""
 
     def __init__(self, monkeypatch):
-        from tf_xmr.metrics import evaluator
-        from tf_xmr.training import callbacks, trainer
+        from tf_xmr import modeling, scoring
+        from tf_xmr.training import callbacks
 
         self.embedded_sizes = []
         self.validations = []
-        load_data, embed_split, init = trainer.load_data, evaluator.embed_split, callbacks.RetrievalValidation.__init__
+        load_data, embed_split, init = modeling.load_data, scoring.embed_split, callbacks.RetrievalValidation.__init__
 
         def load_without_test(config):
             feature_set = load_data(config)
@@ -66,8 +66,8 @@ class Spies:
             init(callback, *args, **kwargs)
             self.validations.append(callback)
 
-        monkeypatch.setattr(trainer, "load_data", load_without_test)
-        monkeypatch.setattr(evaluator, "embed_split", spy_embed)
+        monkeypatch.setattr(modeling, "load_data", load_without_test)
+        monkeypatch.setattr(scoring, "embed_split", spy_embed)
         monkeypatch.setattr(callbacks.RetrievalValidation, "__init__", spy_init)
 
 

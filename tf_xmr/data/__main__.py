@@ -22,7 +22,7 @@ def main() -> int:
     args = parser.parse_args()
 
     quiet_tensorflow()
-    from tf_xmr.config.schema import load_experiment
+    from tf_xmr.experiment import load_experiment
     from tf_xmr.data.from_config import load_feature_set
     from tf_xmr.data.records import write_records
 

@@ -9,6 +9,24 @@ from tf_xmr.errors import ConfigError
 WIKIPEDIA_ENV = "TF_XMR_WIKIPEDIA"
 
 
+def resolve_data_root(data_config):
+    """The data config with ``root`` filled in where the loader has a documented default location.
+
+    Wikipedia features are found through ``$TF_XMR_WIKIPEDIA`` when ``data.root`` is unset (CI and the README set
+    it). The value is resolved here, once, so that the run's ``config.yaml`` records the folder that was read (never
+    ``root: null``) and evaluation and resuming read the same folder.
+    """
+    if data_config.source == "wikipedia" and not data_config.root and os.environ.get(WIKIPEDIA_ENV):
+        import dataclasses
+        import logging
+
+        root = os.environ[WIKIPEDIA_ENV]
+        logging.getLogger("tf_xmr.data").info("data.root is unset: reading the Wikipedia features from $%s = %s",
+                                              WIKIPEDIA_ENV, root)
+        return dataclasses.replace(data_config, root=root)
+    return data_config
+
+
 def load_feature_set(data_config, seed: int):
     """Load and validate the feature set a ``DataConfig`` describes, with the class embeddings it asks for and,
     for zero-shot runs (``unseen_classes``), training and validation splits restricted to the seen classes.
@@ -22,6 +40,7 @@ def load_feature_set(data_config, seed: int):
     """
     from tf_xmr.data.class_embeddings import attach_class_embeddings
 
+    data_config = resolve_data_root(data_config)
     feature_set = attach_class_embeddings(_load_features(data_config, seed), data_config.class_embeddings)
     if data_config.unseen_classes is not None:
         from tf_xmr.data.class_split import resolve_unseen_classes, seen_classes_only
@@ -61,13 +80,12 @@ def _load_features(data_config, seed: int):
     if source == "wikipedia":
         from tf_xmr.data.wikipedia import load_wikipedia
 
-        root = data_config.root or os.environ.get(WIKIPEDIA_ENV)
-        if not root:
+        if not data_config.root:
             raise ConfigError(
                 f"data.source is 'wikipedia' but neither data.root nor ${WIKIPEDIA_ENV} is set; "
                 "pass --set data.root=PATH/TO/wikipedia"
             )
-        return load_wikipedia(root, val_fraction=data_config.val_fraction, seed=seed)
+        return load_wikipedia(data_config.root, val_fraction=data_config.val_fraction, seed=seed)
     if source == "arrays":
         from tf_xmr.data.arrays import load_arrays
 

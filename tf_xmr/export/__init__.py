@@ -7,7 +7,6 @@ from tf_xmr.export.saved_model import (
     ExportedEncoder,
     encoder_dir,
     export_encoder,
-    export_model,
     load_exported,
     versions,
 )
@@ -19,7 +18,6 @@ __all__ = [
     "ExportedEncoder",
     "encoder_dir",
     "export_encoder",
-    "export_model",
     "load_exported",
     "versions",
 ]

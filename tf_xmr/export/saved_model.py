@@ -80,19 +80,6 @@ def export_encoder(encoder: keras.Model, model_dir: str, *, input_dim: int, l2_n
     return final
 
 
-def export_model(model, run_dir: str, *, l2_normalize: bool = False) -> dict[str, str]:
-    """Export every encoder of a ``CrossModalModel``; returns modality -> version folder."""
-    return {
-        modality: export_encoder(
-            model.encoder(modality),
-            encoder_dir(run_dir, modality),
-            input_dim=int(model.spec.dims[modality]),
-            l2_normalize=l2_normalize,
-        )
-        for modality in model.modalities
-    }
-
-
 class ExportedEncoder:
     """A loaded encoder SavedModel, callable on (b, d) arrays; checks the feature dimension first."""
 

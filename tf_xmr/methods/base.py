@@ -32,6 +32,8 @@ class DataSpec:
         class_embeddings: optional (num_classes, e) class-embedding matrix.
         unseen_classes: zero-shot runs: class ids absent from the training data (their class embeddings are known;
             a method may synthesise them, JFSE Eqs. 17-19); empty for standard retrieval.
+        word_embeddings: optional (V + 1, e) word-vector matrix (row 0 pads) for a text path over token ids,
+            read from the model config's ``word_vectors`` file by the data layer (DA-GAN's sequence text encoder).
     """
 
     modalities: tuple[str, ...]
@@ -41,6 +43,7 @@ class DataSpec:
     stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None
     class_embeddings: np.ndarray | None = None
     unseen_classes: tuple[int, ...] = ()
+    word_embeddings: np.ndarray | None = None
 
     def standardizer(self, modality: str) -> FeatureStandardizer:
         """A fresh standardisation layer for ``modality`` with the training statistics baked in."""

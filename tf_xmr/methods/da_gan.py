@@ -295,9 +295,11 @@ class DAGAN(AdversarialModel):
             matrix, vocabulary = None, cfg.vocabulary_size
             width = cfg.embedding_dim
             if cfg.word_vectors:
-                from tf_xmr.data.word_vectors import embedding_matrix, load_keyed_vectors
-
-                matrix = embedding_matrix(load_keyed_vectors(cfg.word_vectors))
+                # Read by the data layer (tf_xmr.modeling.data_spec): a model never opens files.
+                matrix = self.spec.word_embeddings
+                if matrix is None:
+                    raise ConfigError("model.word_vectors is set but the data spec carries no word embeddings; build "
+                                      "the spec with tf_xmr.modeling.data_spec")
                 vocabulary, width = matrix.shape[0] - 1, matrix.shape[1]
             if vocabulary is None:
                 raise ConfigError("model.text_encoder 'sequence' needs model.word_vectors (a gensim KeyedVectors file) "

@@ -1,12 +1,11 @@
-"""The one evaluator: embed a split with per-modality encoders and score every query -> target direction.
+"""The one evaluator: score the embeddings of every modality in every query -> target direction.
 
-Used identically for validation during training, for the final test scoring and by ``evaluate.py``, so the numbers
-in ``metrics.json`` and those printed later come from the same code path.
+Used identically for validation during training, for the final test scoring and by ``evaluate.py`` (through
+``tf_xmr.scoring``, which embeds a split and calls ``score_embeddings``), so the numbers in ``metrics.json`` and those
+printed later come from the same code path. Pure: arrays in, numbers out; no data pipeline, no model.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -26,37 +25,6 @@ def direction_name(query: str, target: str, modalities) -> str:
 def directions(modalities) -> list[tuple[str, str]]:
     """Every ordered pair of distinct modalities, in feature-set order."""
     return [(q, t) for q in modalities for t in modalities if q != t]
-
-
-def embed_split(split, encoders: Mapping[str, Callable], *, batch_size: int, num_classes: int):
-    """Run every encoder over a whole split, in order, without dropping the last partial batch.
-
-    Args:
-        split: a ``tf_xmr.data`` split (in memory or streamed records).
-        encoders: modality -> callable mapping a (b, d_m) float32 batch to (b, d_common) embeddings.
-        batch_size: evaluation batch size.
-        num_classes: number of classes (labels come back multi-hot).
-
-    Returns:
-        ``(embeddings, labels)``: modality -> (n_m, d_common) float32 and modality -> (n_m, c) float32.
-    """
-    from tf_xmr.data import make_dataset
-
-    embeddings, labels = {}, {}
-    groups = [tuple(encoders)] if split.paired else [(m,) for m in encoders]
-    for group in groups:
-        dataset = make_dataset(split, batch_size=batch_size, num_classes=num_classes, modalities=list(group))
-        chunks = {m: [] for m in group}
-        label_chunks = []
-        for batch in dataset:
-            for m in group:
-                chunks[m].append(np.asarray(encoders[m](batch[m])))
-            label_chunks.append(batch["labels"].numpy())
-        stacked_labels = np.concatenate(label_chunks)
-        for m in group:
-            embeddings[m] = np.concatenate(chunks[m]).astype(np.float32)
-            labels[m] = stacked_labels
-    return embeddings, labels
 
 
 def score_embeddings(embeddings, labels, protocol: RetrievalProtocol, modalities, *, detailed: bool = False) -> dict:

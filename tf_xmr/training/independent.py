@@ -1,18 +1,14 @@
-"""Training for methods whose modality networks are independent (the ``IndependentModalities`` hook, e.g. SDML).
+"""Fitting methods whose modality networks are independent (the ``IndependentModalities`` hook, e.g. SDML).
 
 Each modality's network trains on its own: its own data stream (unpaired modalities are fine), optimiser, ``fit``,
-TensorBoard log and checkpoint, chosen on its own validation loss. With ``train.parallel_modalities: true`` every
-network trains in its own worker process (spawned, so each has its own TensorFlow runtime); otherwise one after the
-other in this process. Only then are the chosen checkpoints loaded together and the validation and test splits
-scored over every ordered modality pair (the test split exactly once).
+TensorBoard log and checkpoint, chosen on its own validation loss. With parallel modalities every network trains in
+its own worker process (spawned, so each has its own TensorFlow runtime); otherwise one after the other in this
+process. Only then are the chosen checkpoints loaded together and the validation and test splits scored over every
+ordered modality pair (the test split exactly once, by the run pipeline).
 
-Run directory (on top of the usual config.yaml, data.json, metrics.json, export/)::
-
-    shared_state.npz                 the method's fixed shared arrays (SDML: P), written once, never rewritten
-    independent.json                 per modality: best epoch, validation loss, training time, file hashes
-    modalities/<m>/checkpoints/      best.weights.h5 + best.json of modality m (backup/ while training)
-    modalities/<m>/logs/             TensorBoard of modality m
-    history/                         config.yaml / metrics.json as they were before each extension
+``IndependentFit`` is one of the two fit stages of the run pipeline (``tf_xmr.training.pipeline``); the run
+directory's extra files (``shared_state.npz``, ``independent.json``, ``modalities/<m>/``, ``history/``) are
+described in ``tf_xmr.run_dir``.
 
 Extending a finished run (``resume_from: RUN_DIR``) trains only the requested new modalities against the stored
 shared state, in place: nothing under ``modalities/<old>/`` or ``export/<old>_encoder/`` is written, the new network
@@ -24,7 +20,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import datetime
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -33,97 +28,19 @@ import resource
 import shutil
 import time
 
-import numpy as np
-
+from tf_xmr import modeling, scoring
 from tf_xmr.config import dump_yaml, to_dict
-from tf_xmr.config.schema import ExperimentConfig
-from tf_xmr.errors import ConfigError, DataError
+from tf_xmr.errors import ConfigError, DataError, TrainingError
+from tf_xmr.files import file_sha256, read_json_if_present, tree_hashes, write_json
+from tf_xmr.run_dir import (
+    MODALITY_DIR, RUN_FILE, SHARED_FILE, load_shared_state, modality_dir, read_run_record, save_shared_state,
+)
 
 log = logging.getLogger("tf_xmr.training")
 
-RUN_FILE = "independent.json"
-SHARED_FILE = "shared_state.npz"
-MODALITY_DIR = "modalities"
 PARTIAL_SUFFIX = ".partial"
-CHECKPOINT = "best.weights.h5"
 #: Written into a network's folder when it has finished training (its summary): a resumed run keeps it as it is.
 FINISHED_FILE = "training.json"
-
-
-def is_independent(method: str) -> bool:
-    """Whether the registered method opted into independent per-modality training."""
-    from tf_xmr.methods.registry import get_method
-
-    return bool(getattr(get_method(method).model_class, "independent_modalities", False))
-
-
-def optimizer_config(config: ExperimentConfig, modality: str):
-    """``train.optimizers.<modality>``, else ``train.optimizers.default``."""
-    optimizers = config.train.optimizers
-    if modality in optimizers:
-        return optimizers[modality]
-    if "default" in optimizers:
-        return optimizers["default"]
-    raise ConfigError(
-        f"config key 'train.optimizers' has neither an entry for modality {modality!r} nor a 'default' entry; "
-        f"it has {sorted(optimizers)}"
-    )
-
-
-def modality_dir(run_dir: str, modality: str) -> str:
-    return os.path.join(run_dir, MODALITY_DIR, modality)
-
-
-def checkpoint_path(run_dir: str, modality: str) -> str:
-    return os.path.join(modality_dir(run_dir, modality), "checkpoints", CHECKPOINT)
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def tree_hashes(root: str) -> dict[str, str]:
-    """relative path -> sha256 of every file under ``root``."""
-    out = {}
-    for folder, _, files in os.walk(root):
-        for name in sorted(files):
-            path = os.path.join(folder, name)
-            out[os.path.relpath(path, root)] = file_sha256(path)
-    return dict(sorted(out.items()))
-
-
-def _read_json_if_present(path: str) -> dict | None:
-    if not os.path.exists(path):
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def read_run_record(run_dir: str) -> dict | None:
-    return _read_json_if_present(os.path.join(run_dir, RUN_FILE))
-
-
-def load_shared_state(run_dir: str) -> dict[str, np.ndarray]:
-    with np.load(os.path.join(run_dir, SHARED_FILE)) as data:
-        return {key: np.asarray(data[key]) for key in data.files}
-
-
-def _save_shared_state(run_dir: str, state: dict) -> None:
-    final = os.path.join(run_dir, SHARED_FILE)
-    tmp = os.path.join(run_dir, f".tmp-{os.getpid()}-{SHARED_FILE}")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **state)
-    os.replace(tmp, final)
-
-
-def _write_json(path: str, payload: dict) -> None:
-    from tf_xmr.training.callbacks import atomic_write_text
-
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def _peak_rss_mb() -> float:
@@ -149,7 +66,7 @@ def _stop_when_orphaned(parent_pid: int):
     return StopWhenOrphaned()
 
 
-def train_modality(config: ExperimentConfig, feature_set, spec, state, modality: str, out_dir: str,
+def train_modality(config, feature_set, spec, state, modality: str, out_dir: str,
                    extra_callbacks=()) -> dict:
     """Fit one modality's network into ``out_dir`` (checkpoints/, logs/); returns its summary.
 
@@ -163,15 +80,13 @@ def train_modality(config: ExperimentConfig, feature_set, spec, state, modality:
     import keras
 
     from tf_xmr.data import make_dataset, make_training_stream
-    from tf_xmr.methods.registry import get_method
     from tf_xmr.training import callbacks as cb
     from tf_xmr.training import resume
-    from tf_xmr.training.trainer import TrainingError, build_optimizer
 
     keras.utils.set_random_seed(config.seed)
-    model_class = get_method(config.method).model_class
-    net = model_class.modality_model(config.model, spec, modality, state)
-    optimizer = build_optimizer(optimizer_config(config, modality), name=f"{modality}_optimizer")
+    net = modeling.method_class(config).modality_model(config.model, spec, modality, state)
+    optimizer = modeling.build_optimizer(modeling.modality_optimizer_config(config, modality),
+                                         name=f"{modality}_optimizer")
     net.compile(optimizer=optimizer, jit_compile=config.train.jit_compile)
 
     train_split = feature_set.splits["train"]
@@ -200,9 +115,6 @@ def train_modality(config: ExperimentConfig, feature_set, spec, state, modality:
         validation,
         cb.TensorBoard(log_dir=os.path.join(out_dir, "logs"), write_graph=False, update_freq="epoch"),
     ]
-    fault = cb.FaultInjection.from_env(network=modality)
-    if fault is not None:
-        callbacks.insert(0, fault)
     callbacks.extend(extra_callbacks)
     backup_dir = os.path.join(checkpoint_dir, "backup")
     optimizers = {modality: optimizer}
@@ -242,7 +154,7 @@ def train_modality(config: ExperimentConfig, feature_set, spec, state, modality:
         "resumed_from": resumed_from,
     }
     # The marker first, then the backup goes: a kill in between leaves a finished network, never a lost one.
-    _write_json(os.path.join(out_dir, FINISHED_FILE), summary)
+    write_json(os.path.join(out_dir, FINISHED_FILE), summary)
     if config.train.backup:
         shutil.rmtree(backup_dir, ignore_errors=True)
     return summary
@@ -250,7 +162,7 @@ def train_modality(config: ExperimentConfig, feature_set, spec, state, modality:
 
 def finished_summary(out_dir: str) -> dict | None:
     """The summary a network wrote when it finished training into ``out_dir``, or None."""
-    return _read_json_if_present(os.path.join(out_dir, FINISHED_FILE))
+    return read_json_if_present(os.path.join(out_dir, FINISHED_FILE))
 
 
 def _worker(config_dict: dict, run_dir: str, modality: str, out_dir: str, threads: int, log_level: int,
@@ -263,8 +175,8 @@ def _worker(config_dict: dict, run_dir: str, modality: str, out_dir: str, thread
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
-    from tf_xmr.config.schema import experiment_from_dict
-    from tf_xmr.training.trainer import data_spec, load_data
+    from tf_xmr.experiment import experiment_from_dict
+    from tf_xmr.modeling import data_spec, load_data
 
     config = experiment_from_dict(config_dict)
     feature_set = load_data(config)
@@ -311,40 +223,10 @@ def _train_modalities(config, feature_set, spec, state, modalities, run_dir) -> 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Loading a run's networks
+# Extending a finished run
 
 
-def load_networks(config: ExperimentConfig, spec, state, run_dir: str, modalities) -> dict:
-    """modality -> its network with the chosen checkpoint loaded."""
-    from tf_xmr.errors import ModelInputError
-    from tf_xmr.methods.registry import get_method
-
-    model_class = get_method(config.method).model_class
-    nets = {}
-    for m in modalities:
-        path = checkpoint_path(run_dir, m)
-        if not os.path.exists(path):
-            raise ModelInputError(f"{run_dir} has no checkpoint for modality {m!r} ({path})")
-        net = model_class.modality_model(config.model, spec, m, state)
-        try:
-            net.load_weights(path)
-        except ValueError as exc:
-            raise ModelInputError(f"checkpoint {path} does not fit the {m} network built from the data: {exc}") from None
-        nets[m] = net
-    return nets
-
-
-def run_modalities(run_dir: str) -> tuple[str, ...] | None:
-    """The modalities a finished independent run scores (from independent.json), or None for other runs."""
-    record = read_run_record(run_dir)
-    return None if record is None else tuple(record["order"])
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The run
-
-
-def _check_extension(config: ExperimentConfig, available, requested):
+def _check_extension(config, available, requested):
     """Validate ``resume_from`` before anything is written; returns (run_dir, record, stored modalities)."""
     source = config.resume_from
     if config.run_dir and os.path.abspath(config.run_dir) != os.path.abspath(source):
@@ -387,7 +269,7 @@ def _check_extension(config: ExperimentConfig, available, requested):
     return source, record, stored, new
 
 
-def _check_same_data(config: ExperimentConfig, source: str) -> None:
+def _check_same_data(config, source: str) -> None:
     """The stored networks' validation/test items must stay what they were: same seed and data protocol."""
     import yaml
 
@@ -414,158 +296,169 @@ def _check_stored_dims(record: dict, feature_set, source: str) -> None:
             )
 
 
-def train_independent(config: ExperimentConfig, *, config_path: str | None = None):
-    """Train (or add) independent modality networks, score every ordered pair, export the new encoders.
+# ----------------------------------------------------------------------------------------------------------------
+# The fit stage
 
-    Returns:
-        ``trainer.RunResult``.
+
+class IndependentFit:
+    """The fit stage of a method with independent modality networks (``tf_xmr.training.pipeline`` has the contract).
+
+    Besides a fresh run and the resume of an interrupted one (same ``run_dir``), it extends a finished run with new
+    modalities (``resume_from``): ``extending`` tells the pipeline to keep the stored config.yaml and data.json
+    until the end (copied to ``history/`` first).
     """
-    import keras
-    import tensorflow as tf
 
-    from tf_xmr.methods.registry import get_method
-    from tf_xmr.training.trainer import (
-        RunResult, claim_run_dir, data_spec, load_data, metrics_record, prepare_run_dir, resolve_run_dir, score_split,
-        unseen_classes, zero_shot_scores,
-    )
+    is_chief = True
 
-    keras.utils.set_random_seed(config.seed)
-    if config.train.deterministic:
-        tf.config.experimental.enable_op_determinism()
-    model_class = get_method(config.method).model_class
-
-    # 1. Everything that can fail on bad input, before anything is written.
-    feature_set = load_data(config)
-    available = tuple(feature_set.modalities)
-    requested = model_class.modalities_to_train(config.model, available)
-    if requested is not None:
-        missing = [m for m in requested if m not in available]
-        if missing:
+    def __init__(self, config):
+        if config.train.distribution != "none":
             raise ConfigError(
-                f"config key 'model.train_modalities' names modality {missing[0]!r}, which the data lacks "
-                f"(data modalities: {', '.join(available)})"
+                f"train.distribution={config.train.distribution} is for jointly trained methods; {config.method!r} "
+                "trains independent modality networks (use train.parallel_modalities instead)"
             )
-        if len(set(requested)) != len(requested) or not requested:
-            raise ConfigError(f"config key 'model.train_modalities' must list distinct modalities, got {list(requested)}")
-    spec = data_spec(config, feature_set)
-    extending = bool(config.resume_from)
-    auto_named = not extending and not config.run_dir
-    if extending:
-        run_dir, record, stored, to_train = _check_extension(config, available, requested)
-        _check_same_data(config, run_dir)
-        _check_stored_dims(record, feature_set, run_dir)
-        state = load_shared_state(run_dir)
-        model_class.check_shared_state(config.model, spec, state, os.path.join(run_dir, SHARED_FILE))
+        self.extending = bool(config.resume_from)
+
+    def prepare(self, config, config_path, feature_set, spec):
+        """Which networks to train, the shared state, each network built once as a check, the run directory
+        checked; nothing is written yet.
+
+        Returns:
+            ``(config, run_dir, resuming, auto_named)``; ``config.run_dir`` is set.
+        """
+        from tf_xmr import run_dir as layout
+        from tf_xmr.training import resume
+
+        model_class = modeling.method_class(config)
+        available = tuple(feature_set.modalities)
+        requested = model_class.modalities_to_train(config.model, available)
+        if requested is not None:
+            missing = [m for m in requested if m not in available]
+            if missing:
+                raise ConfigError(
+                    f"config key 'model.train_modalities' names modality {missing[0]!r}, which the data lacks "
+                    f"(data modalities: {', '.join(available)})"
+                )
+            if len(set(requested)) != len(requested) or not requested:
+                raise ConfigError(
+                    f"config key 'model.train_modalities' must list distinct modalities, got {list(requested)}")
+        auto_named = not self.extending and not config.run_dir
         resuming = False
-    else:
-        record, stored = None, ()
-        to_train = tuple(requested) if requested is not None else available
-        run_dir = resolve_run_dir(config, config_path)
-    scored = tuple(m for m in available if m in stored or m in to_train)
-    if len(scored) < 2:
-        raise ConfigError(
-            f"retrieval needs at least two modalities, this run would have only {list(scored)} "
-            "(model.train_modalities)"
-        )
-    for m in to_train:
-        optimizer_config(config, m)  # a missing optimiser entry is a config error now, not in a worker later
-    config = dataclasses.replace(config, run_dir=run_dir)
-    if not extending:
-        # A fresh automatic name never holds an interrupted run (claim_run_dir moves to a free name).
-        resuming = False if auto_named else prepare_run_dir(run_dir, config)
-        state = (load_shared_state(run_dir) if resuming and os.path.exists(os.path.join(run_dir, SHARED_FILE))
-                 else model_class.create_shared_state(config.model, spec, config.seed))
-        model_class.check_shared_state(config.model, spec, state, "the generated shared state")
-    # Build one network per modality to be trained now: a model that does not fit its data fails here.
-    from tf_xmr.training import resume
-
-    needed = 0
-    for m in to_train:
-        net = model_class.modality_model(config.model, spec, m, state)
-        trainable = resume.variable_bytes(net.trainable_variables)
-        # Optimiser state counted as Adam's two slots per trainable variable (the most any supported optimiser has).
-        needed += resume.estimate_run_bytes(
-            resume.variable_bytes(net.variables), 2 * trainable,
-            resume.variable_bytes(net.encoder.variables) if config.export.enabled else 0, config.train.backup)
-    # Unwritable or too full: one line, exit 2, before anything is written.
-    resume.check_run_dir(run_dir, needed, config.train.disk_margin)
-
-    # 2. The run directory.
-    if auto_named:
-        run_dir = claim_run_dir(run_dir)
+        if self.extending:
+            run_dir, self.stored_record, self.stored, self.to_train = _check_extension(config, available, requested)
+            _check_same_data(config, run_dir)
+            _check_stored_dims(self.stored_record, feature_set, run_dir)
+            state = load_shared_state(run_dir)
+            model_class.check_shared_state(config.model, spec, state, os.path.join(run_dir, SHARED_FILE))
+        else:
+            self.stored_record, self.stored = None, ()
+            self.to_train = tuple(requested) if requested is not None else available
+            run_dir = layout.resolve_run_dir(config, config_path)
+        self.scored = tuple(m for m in available if m in self.stored or m in self.to_train)
+        if len(self.scored) < 2:
+            raise ConfigError(
+                f"retrieval needs at least two modalities, this run would have only {list(self.scored)} "
+                "(model.train_modalities)"
+            )
+        for m in self.to_train:
+            modeling.modality_optimizer_config(config, m)  # a missing entry fails now, not in a worker later
         config = dataclasses.replace(config, run_dir=run_dir)
-    os.makedirs(os.path.join(run_dir, MODALITY_DIR), exist_ok=True)
-    if extending:
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        history = os.path.join(run_dir, "history")
-        os.makedirs(history, exist_ok=True)
-        for name in ("config.yaml", "metrics.json", "data.json"):
-            if os.path.exists(os.path.join(run_dir, name)):
-                shutil.copy2(os.path.join(run_dir, name), os.path.join(history, f"{stamp}-{name}"))
-        log.info("adding %s to %s (stored: %s)", ", ".join(to_train), run_dir, ", ".join(stored))
-    elif not resuming:
-        dump_yaml(config, os.path.join(run_dir, "config.yaml"))
-        _write_json(os.path.join(run_dir, "data.json"), feature_set.summary())
-        _save_shared_state(run_dir, state)
-    else:
-        log.info("resuming the interrupted run in %s", run_dir)
-    done = tuple(m for m in to_train if os.path.isdir(modality_dir(run_dir, m))) if resuming else ()
-    training = _train_modalities(config, feature_set, spec, state, tuple(m for m in to_train if m not in done), run_dir)
+        if not self.extending:
+            # A fresh automatic name never holds an interrupted run (claim_run_dir moves to a free name).
+            resuming = False if auto_named else layout.prepare_run_dir(run_dir, config)
+            state = (load_shared_state(run_dir) if resuming and os.path.exists(os.path.join(run_dir, SHARED_FILE))
+                     else model_class.create_shared_state(config.model, spec, config.seed))
+            model_class.check_shared_state(config.model, spec, state, "the generated shared state")
+        # Build one network per modality to be trained now: a model that does not fit its data fails here.
+        needed = 0
+        for m in self.to_train:
+            net = model_class.modality_model(config.model, spec, m, state)
+            trainable = resume.variable_bytes(net.trainable_variables)
+            # Optimiser state counted as Adam's two slots per trainable variable (the most any optimiser has).
+            needed += resume.estimate_run_bytes(
+                resume.variable_bytes(net.variables), 2 * trainable,
+                resume.variable_bytes(net.encoder.variables) if config.export.enabled else 0, config.train.backup)
+        # Unwritable or too full: one line, exit 2, before anything is written.
+        resume.check_run_dir(run_dir, needed, config.train.disk_margin)
+        self.feature_set, self.spec, self.state = feature_set, spec, state
+        return config, run_dir, resuming, auto_named
 
-    # 3. The chosen checkpoints together; the test split is scored exactly once, here.
-    nets = load_networks(config, spec, state, run_dir, scored)
-    scored_set = feature_set.select_modalities(scored) if scored != available else feature_set
+    def begin(self, run_dir: str, resuming: bool) -> None:
+        """The shared state of a new run; the history copy of an extended one."""
+        os.makedirs(os.path.join(run_dir, MODALITY_DIR), exist_ok=True)
+        if self.extending:
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+            history = os.path.join(run_dir, "history")
+            os.makedirs(history, exist_ok=True)
+            for name in ("config.yaml", "metrics.json", "data.json"):
+                if os.path.exists(os.path.join(run_dir, name)):
+                    shutil.copy2(os.path.join(run_dir, name), os.path.join(history, f"{stamp}-{name}"))
+            log.info("adding %s to %s (stored: %s)", ", ".join(self.to_train), run_dir, ", ".join(self.stored))
+        elif not resuming:
+            save_shared_state(run_dir, self.state)
+        else:
+            log.info("resuming the interrupted run in %s", run_dir)
 
-    encoders = {m: tf.function(lambda x, enc=nets[m].encoder: enc(x, training=False), reduce_retracing=True)
-                for m in scored}
-    val_scores = score_split(encoders, scored_set, "val", config)
-    test_scores = score_split(encoders, scored_set, "test", config, detailed=True)
-    presets = {name: score_split(encoders, scored_set, "test", config, preset=name)
-               for name in config.eval.extra_presets}
+    def fit(self, config, run_dir: str, resuming: bool) -> None:
+        """Train every network not finished before an interruption (sequentially or in worker processes)."""
+        done = tuple(m for m in self.to_train if os.path.isdir(modality_dir(run_dir, m))) if resuming else ()
+        self.training = _train_modalities(config, self.feature_set, self.spec, self.state,
+                                          tuple(m for m in self.to_train if m not in done), run_dir)
 
-    modalities = dict(record["modalities"]) if record else {}
-    trained_at = datetime.datetime.now().isoformat(timespec="seconds")
-    for m in to_train:
-        summary = training["modalities"].get(m)
-        if summary is None:  # trained before an interruption of this same run
-            with open(os.path.join(modality_dir(run_dir, m), "checkpoints", "best.json"), encoding="utf-8") as handle:
-                best = json.load(handle)
-            summary = {"best_epoch": best["epoch"], "val_loss": best["val"]["loss"]}
-        modalities[m] = {**summary, "dim": int(feature_set.dims[m]), "trained_at": trained_at,
-                         "optimizer": to_dict(optimizer_config(config, m))}
-    val = {**val_scores,
-           "best_epoch": {m: modalities[m]["best_epoch"] for m in scored},
-           "selection_loss": {m: modalities[m]["val_loss"] for m in scored}}
-    unseen = unseen_classes(config, feature_set)
-    zero_shot = {"zero_shot": zero_shot_scores(encoders, scored_set, "test", config, unseen)} if unseen else {}
-    metrics = metrics_record(
-        config, feature_set, val, test_scores, presets, **zero_shot,
-        # Per network trained by this run: its resume history ({"epoch", "step"} per resume; [] = uninterrupted).
-        resumed_from={m: training["modalities"].get(m, {}).get("resumed_from", []) for m in to_train},
-        modalities=list(scored),
-        selection="per-modality checkpoint with the lowest validation loss of that modality's own network",
-        training={"trained_now": list(to_train), "reused": list(stored), **training},
-    )
+    def select(self, config, run_dir: str):
+        """Load every scored network's chosen checkpoint; validation mAP over every ordered pair.
 
-    exports = {}
-    if config.export.enabled:
-        from tf_xmr.export import encoder_dir, export_encoder
+        Returns:
+            ``(encoders, feature_set, val)`` as ``JointFit.select``; the feature set holds the scored modalities.
+        """
+        feature_set = self.feature_set
+        self.nets = modeling.load_networks(config, self.spec, self.state, run_dir, self.scored)
+        if self.scored != tuple(feature_set.modalities):
+            feature_set = feature_set.select_modalities(self.scored)
+        encoders = modeling.encoder_functions({m: net.encoder for m, net in self.nets.items()})
+        modalities = dict(self.stored_record["modalities"]) if self.stored_record else {}
+        trained_at = datetime.datetime.now().isoformat(timespec="seconds")
+        for m in self.to_train:
+            summary = self.training["modalities"].get(m)
+            if summary is None:  # trained before an interruption of this same run
+                with open(os.path.join(modality_dir(run_dir, m), "checkpoints", "best.json"),
+                          encoding="utf-8") as handle:
+                    best = json.load(handle)
+                summary = {"best_epoch": best["epoch"], "val_loss": best["val"]["loss"]}
+            modalities[m] = {**summary, "dim": int(self.feature_set.dims[m]), "trained_at": trained_at,
+                             "optimizer": to_dict(modeling.modality_optimizer_config(config, m))}
+        self.modalities = modalities
+        val = {**scoring.score_split(encoders, feature_set, "val", config),
+               "best_epoch": {m: modalities[m]["best_epoch"] for m in self.scored},
+               "selection_loss": {m: modalities[m]["val_loss"] for m in self.scored}}
+        return encoders, feature_set, val
 
-        for m in to_train:
-            exports[m] = export_encoder(nets[m].encoder, encoder_dir(run_dir, m), input_dim=int(feature_set.dims[m]),
-                                        l2_normalize=config.export.l2_normalize)
-    for m in to_train:
-        modalities[m]["sha256"] = tree_hashes(modality_dir(run_dir, m))
-    new_record = {
-        "method": config.method,
-        "order": list(scored),
-        "shared_state": {"file": SHARED_FILE, "sha256": file_sha256(os.path.join(run_dir, SHARED_FILE))},
-        "modalities": {m: modalities[m] for m in scored},
-    }
-    _write_json(os.path.join(run_dir, RUN_FILE), new_record)
-    if extending:
-        dump_yaml(config, os.path.join(run_dir, "config.yaml"))
-        _write_json(os.path.join(run_dir, "data.json"), feature_set.summary())
-    # metrics.json last: its presence marks a finished run.
-    _write_json(os.path.join(run_dir, "metrics.json"), metrics)
-    return RunResult(run_dir=run_dir, metrics=metrics, exports=exports)
+    def record(self) -> dict:
+        """What this fit adds to metrics.json."""
+        return {
+            # Per network trained by this run: its resume history ({"epoch", "step"} per resume; [] = uninterrupted).
+            "resumed_from": {m: self.training["modalities"].get(m, {}).get("resumed_from", []) for m in self.to_train},
+            "modalities": list(self.scored),
+            "selection": "per-modality checkpoint with the lowest validation loss of that modality's own network",
+            "training": {"trained_now": list(self.to_train), "reused": list(self.stored), **self.training},
+        }
+
+    def export_encoders(self) -> dict:
+        """modality -> the Keras encoder to export: the networks trained now (stored ones keep their exports)."""
+        return {m: self.nets[m].encoder for m in self.to_train}
+
+    def finish(self, config, run_dir: str) -> None:
+        """independent.json with each network's file hashes; an extended run's config.yaml and data.json."""
+        for m in self.to_train:
+            self.modalities[m]["sha256"] = tree_hashes(modality_dir(run_dir, m))
+        write_json(os.path.join(run_dir, RUN_FILE), {
+            "method": config.method,
+            "order": list(self.scored),
+            "shared_state": {"file": SHARED_FILE, "sha256": file_sha256(os.path.join(run_dir, SHARED_FILE))},
+            "modalities": {m: self.modalities[m] for m in self.scored},
+        })
+        if self.extending:
+            dump_yaml(config, os.path.join(run_dir, "config.yaml"))
+            write_json(os.path.join(run_dir, "data.json"), self.feature_set.summary())
+
+    def cleanup(self, config, run_dir: str) -> None:
+        """Each network removed its own backups when it finished."""

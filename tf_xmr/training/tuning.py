@@ -2,12 +2,13 @@
 
 A config's ``tune:`` section (``tf_xmr.config.schema.TuneConfig``) names the keys to search and their ranges. Each
 trial substitutes its values into the config exactly as ``--set key=value`` would, builds and compiles the model with
-the trainer's building blocks, trains it with the trainer's pipeline and callbacks, and reports the best validation
-``map_avg`` seen by ``RetrievalValidation`` on the WHOLE validation split. The test split is never embedded: choosing
-hyperparameters on it would leak the test set into model selection (design.md rule 7).
+``tf_xmr.modeling``, trains it with the joint fit's stream and callbacks (``tf_xmr.training.joint``), and reports the
+best validation ``map_avg`` seen by ``RetrievalValidation`` on the WHOLE validation split. The test split is never
+embedded: choosing hyperparameters on it would leak the test set into model selection (design.md rule 7).
 
-The order of operations mirrors ``trainer.train``: the config, every value the space can take, the tuner directory and
-the data are all checked before anything is written, so a typo'd key costs one line and leaves no folder behind.
+The order of operations mirrors the run pipeline's (``tf_xmr.training.pipeline``): the config, every value the space
+can take, the tuner directory and the data are all checked before anything is written, so a typo'd key costs one
+line and leaves no folder behind.
 
 Tuner directory (``tune.directory``, default ``saved_models/<config name>``)::
 
@@ -35,10 +36,14 @@ import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from tf_xmr import modeling, scoring
 from tf_xmr.config import apply_overrides, dump_yaml, load_yaml, to_dict
-from tf_xmr.config.schema import ExperimentConfig, SearchDimension, TuneConfig, config_name, experiment_from_dict
+from tf_xmr.config.schema import ExperimentConfig, SearchDimension, TuneConfig, config_name
 from tf_xmr.errors import ConfigError, XmrError
-from tf_xmr.training import trainer
+from tf_xmr.experiment import experiment_from_dict
+from tf_xmr.files import atomic_write_text, write_json
+from tf_xmr.run_dir import diff_keys
+from tf_xmr.training import joint
 
 log = logging.getLogger("tf_xmr.training")
 
@@ -162,7 +167,7 @@ class Search:
         """The loaded data for ``config``; loaded once per distinct data section and seed (both may be searched)."""
         key = json.dumps([to_dict(config.data), config.seed], sort_keys=True)
         if key not in self._feature_sets:
-            self._feature_sets[key] = trainer.load_data(config)
+            self._feature_sets[key] = modeling.load_data(config)
         return self._feature_sets[key]
 
     # -- checks (before anything is written) -----------------------------------------------------------------------
@@ -171,9 +176,7 @@ class Search:
         return self.sources.where(key)
 
     def _check_method(self):
-        from tf_xmr.training.independent import is_independent
-
-        if is_independent(self.config.method):
+        if modeling.is_independent(self.config.method):
             raise ConfigError(f"tune.py searches jointly trained methods; {self.config.method!r} trains independent "
                               "per-modality networks (train.py) and is not supported")
         if self.config.resume_from:
@@ -293,18 +296,12 @@ def prepare_directory(search: Search) -> bool:
         stored = json.load(handle)["search"]
     current = search.fingerprint()
     if stored != current:
-        changed = sorted(trainer._diff_keys(stored, current))
+        changed = sorted(diff_keys(stored, current))
         what = "search space" if any(k.startswith("tune.") for k in changed) else "config"
         raise ConfigError(f"tuner directory {directory} holds a search with a different {what} (differs at: "
                           f"{', '.join(changed[:5])}{' ...' if len(changed) > 5 else ''}); rerun the same config to "
                           "continue it, or set tune.directory to a new folder")
     return True
-
-
-def _write_json(path: str, payload) -> None:
-    from tf_xmr.training.callbacks import atomic_write_text
-
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -333,7 +330,7 @@ def make_hypermodel(search: Search):
     import keras_tuner as kt
 
     class XmrHyperModel(kt.HyperModel):
-        """Builds a trial's model from the config with the trial's values; trains it like ``trainer.train``.
+        """Builds a trial's model from the config with the trial's values; trains it like ``tf_xmr.training.pipeline.train``.
 
         ``fit`` returns the best validation scores seen by ``RetrievalValidation`` (objective ``val_map_avg``).
         """
@@ -351,8 +348,8 @@ def make_hypermodel(search: Search):
             # their values: initial weights, dropout masks and the shuffling order are those of `train.py`.
             keras.utils.set_random_seed(config.seed)
             feature_set = search.feature_set(config)
-            model = trainer.build_model(config, trainer.data_spec(config, feature_set))
-            trainer.compile_model(model, config)
+            model = modeling.build_model(config, modeling.data_spec(config, feature_set))
+            modeling.compile_model(model, config)
             return model
 
         def fit(self, hp, model, *args, trial_dir: str, epochs: int | None = None, initial_epoch: int = 0,
@@ -365,9 +362,9 @@ def make_hypermodel(search: Search):
 
 def _fit_trial(search: Search, config: ExperimentConfig, model, trial_dir: str, *, epochs: int | None,
                initial_epoch: int, extra_callbacks: list) -> dict:
-    """Train one trial with the trainer's pipeline and callbacks; return its best validation scores.
+    """Train one trial with the joint fit's stream and callbacks; return its best validation scores.
 
-    The pipeline and callbacks are ``trainer.train``'s (``training_stream``, ``fit_callbacks``); there is no test
+    The pipeline and callbacks are the joint fit's (``tf_xmr.training.joint``) (``training_stream``, ``fit_callbacks``); there is no test
     scoring, export or backup: an interrupted trial is rerun from scratch by keras_tuner.
     """
     import keras_tuner as kt
@@ -384,11 +381,11 @@ def _fit_trial(search: Search, config: ExperimentConfig, model, trial_dir: str, 
     logs_dir = os.path.join(search.directory, HPARAMS_DIR, os.path.basename(trial_dir))
     shutil.rmtree(logs_dir, ignore_errors=True)
 
-    steps = trainer.steps_per_epoch(config, feature_set.splits["train"])
-    encoders = trainer.keras_encoders(model)
+    steps = joint.steps_per_epoch(config, feature_set.splits["train"])
+    encoders = modeling.keras_encoders(model)
     # The objective: the WHOLE validation split, scored by the same function and protocol as train.py's selection.
     validation = cb.RetrievalValidation(
-        lambda: trainer.score_split(encoders, feature_set, "val", config),
+        lambda: scoring.score_split(encoders, feature_set, "val", config),
         checkpoint_dir,
         every=config.train.eval_every,
         patience=config.train.early_stopping_patience,
@@ -397,9 +394,9 @@ def _fit_trial(search: Search, config: ExperimentConfig, model, trial_dir: str, 
     )
     # The same callbacks and batch stream as train.py (a Hyperband continuation starts at its initial_epoch, in the
     # order an uninterrupted run would have reached there); keras_tuner's own callbacks go before TensorBoard.
-    callbacks, nan_guard = trainer.fit_callbacks(model, validation=validation, steps_per_epoch=steps, epochs=epochs,
+    callbacks, nan_guard = joint.fit_callbacks(model, validation=validation, steps_per_epoch=steps, epochs=epochs,
                                                  log_dir=logs_dir, extra=extra_callbacks)
-    train_ds = trainer.training_stream(model, config, feature_set, first_epoch=initial_epoch, epochs=epochs,
+    train_ds = joint.training_stream(model, config, feature_set, first_epoch=initial_epoch, epochs=epochs,
                                        steps_per_epoch=steps)
     model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps, callbacks=callbacks,
               verbose=config.train.verbose, shuffle=False)
@@ -409,7 +406,7 @@ def _fit_trial(search: Search, config: ExperimentConfig, model, trial_dir: str, 
     best = validation.best
     if best["epoch"] is None:
         raise kt.errors.FailedTrialError("no validation evaluation ran, so the trial has no score")
-    _write_json(os.path.join(trial_dir, RESULT_FILE), {
+    write_json(os.path.join(trial_dir, RESULT_FILE), {
         "best_epoch": best["epoch"], "val": best["val"], "epochs": epochs, "initial_epoch": initial_epoch,
     })
     return {f"val_{key}": float(value) for key, value in best["val"].items()}
@@ -431,7 +428,7 @@ def _tuner_class(kind: str):
             trial_dir = self.get_trial_dir(trial.trial_id)
             # Hyperband reads this back before continuing a trial (keras_tuner's own fit path writes it too); our
             # models are fully built by build(), so it holds null.
-            _write_json(self._get_build_config_fname(trial.trial_id), model.get_build_config())
+            write_json(self._get_build_config_fname(trial.trial_id), model.get_build_config())
             return self.hypermodel.fit(trial.hyperparameters, model, *args, trial_dir=trial_dir, **kwargs)
 
         def _populate_initial_space(self):
@@ -572,8 +569,6 @@ def _cells(row: TrialRow) -> list:
 
 
 def write_table(search: Search, rows: list[TrialRow]) -> str:
-    from tf_xmr.training.callbacks import atomic_write_text
-
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(_columns(search))
@@ -604,8 +599,6 @@ def format_table(search: Search, rows: list[TrialRow]) -> str:
 
 def write_best_config(search: Search, best: TrialRow) -> str:
     """The best trial's full config, without the tune section and with run_dir null, for ``train.py --config``."""
-    from tf_xmr.training.callbacks import atomic_write_text
-
     config = search.resolve(best.values, for_trial=False, label="the best trial")
     plain = to_dict(dataclasses.replace(config, run_dir=None))
     plain.pop("tune", None)
@@ -669,7 +662,7 @@ def tune(config_path: str, overrides: Sequence[str] = ()) -> TuneResult:
             shutil.rmtree(search.directory, ignore_errors=True)
         raise
     if not resuming:
-        _write_json(os.path.join(search.directory, SEARCH_FILE), {"format": 1, "search": search.fingerprint()})
+        write_json(os.path.join(search.directory, SEARCH_FILE), {"format": 1, "search": search.fingerprint()})
         write_hparams_config(search)
     else:
         log.info("continuing the search in %s", search.directory)

@@ -1,0 +1,115 @@
+"""The one run pipeline behind ``train.py``: config -> data -> model -> fit -> select on validation -> score the test
+split once -> export -> ``metrics.json`` last.
+
+Every method goes through the same steps; only the fit stage differs:
+
+- ``JointFit`` (``tf_xmr.training.joint``): every player's network in one Keras ``fit``, optionally distributed;
+- ``IndependentFit`` (``tf_xmr.training.independent``): one network per modality, sequentially or in worker
+  processes, against a fixed shared state (SDML), also extending a finished run with new modalities.
+
+A fit stage provides ``prepare`` (build and check; returns the run directory, nothing written), ``begin`` (its own
+first files), ``fit``, ``select`` (load the checkpoint chosen on validation; encoders, the feature set to score and
+the validation scores), ``record`` (its part of metrics.json), ``export_encoders``, ``finish`` (its files before
+metrics.json) and ``cleanup`` (after it). The order keeps bad input from leaving half-written output: the config and
+the data are fully loaded and validated, and the model is built, before the run directory is created; results are
+written to temporary names and renamed; ``metrics.json``, last, marks a finished run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+from tf_xmr import modeling, scoring
+from tf_xmr import run_dir as layout
+from tf_xmr.config import dump_yaml
+from tf_xmr.files import write_json
+
+log = logging.getLogger("tf_xmr.training")
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a finished run left: its directory, the metrics written to metrics.json and the export paths."""
+
+    run_dir: str | None
+    metrics: dict
+    exports: dict
+
+
+def fit_stage(config):
+    """The fit stage the configured method asks for (its constructor checks the method-specific config rules)."""
+    if modeling.is_independent(config.method):
+        from tf_xmr.training.independent import IndependentFit
+
+        return IndependentFit(config)
+    from tf_xmr.training.joint import JointFit
+
+    return JointFit(config)
+
+
+def seed_everything(config) -> None:
+    """The run seed for Python, NumPy and TensorFlow, and op determinism when ``train.deterministic`` is set."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(config.seed)
+    if config.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def train(config, *, config_path: str | None = None) -> RunResult:
+    """Train, select on validation, score the test split once, export.
+
+    Args:
+        config: resolved experiment config.
+        config_path: the YAML file it came from (names the default run directory).
+
+    Returns:
+        ``RunResult``; on a non-chief worker of a ``train.distribution=multi_worker`` run, ``RunResult(None, {}, {})``
+        (the chief evaluates and writes the run directory).
+    """
+    stage = fit_stage(config)
+    seed_everything(config)
+
+    # 1. Everything that can fail on bad input, before anything is written.
+    config, feature_set = modeling.prepare_data(config)
+    spec = modeling.data_spec(config, feature_set)
+    config, run_dir, resuming, auto_named = stage.prepare(config, config_path, feature_set, spec)
+
+    # 2. The run directory.
+    if auto_named:
+        run_dir = layout.claim_run_dir(run_dir)
+        config = dataclasses.replace(config, run_dir=run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    if not resuming and not stage.extending:
+        dump_yaml(config, os.path.join(run_dir, layout.CONFIG_FILE))
+        write_json(os.path.join(run_dir, "data.json"), feature_set.summary())
+    stage.begin(run_dir, resuming)
+
+    # 3. Fit, then the checkpoint chosen on validation.
+    stage.fit(config, run_dir, resuming)
+    if not stage.is_chief:
+        # The chief scores, exports and writes metrics.json; this worker's part ended with the last step.
+        return RunResult(run_dir=None, metrics={}, exports={})
+    encoders, scored_set, val = stage.select(config, run_dir)
+
+    # 4. The test split, scored exactly once, here.
+    test = scoring.score_test(encoders, scored_set, config, modeling.unseen_classes(config, feature_set))
+    extra = {"zero_shot": test["zero_shot"]} if "zero_shot" in test else {}
+    metrics = scoring.metrics_record(config, feature_set, val, test["test"], test["presets"], **stage.record(),
+                                     **extra)
+
+    # 5. Exports and the fit's own records; metrics.json last: its presence marks a finished run.
+    exports = {}
+    if config.export.enabled:
+        from tf_xmr.export import encoder_dir, export_encoder
+
+        exports = {m: export_encoder(encoder, encoder_dir(run_dir, m), input_dim=int(feature_set.dims[m]),
+                                     l2_normalize=config.export.l2_normalize)
+                   for m, encoder in stage.export_encoders().items()}
+    stage.finish(config, run_dir)
+    write_json(os.path.join(run_dir, layout.METRICS_FILE), metrics)
+    stage.cleanup(config, run_dir)
+    return RunResult(run_dir=run_dir, metrics=metrics, exports=exports)
