@@ -11,7 +11,6 @@ from typing import Any, Literal
 import pytest
 
 from tf_xmr.config import (
-    Registry,
     SourceMap,
     apply_overrides,
     cfg_field,
@@ -481,27 +480,3 @@ def test_cfg_field_metadata_and_default_check():
         cfg_field((1, 0), ge=1)
     with pytest.raises(TypeError):
         cfg_field(1, default_factory=int)
-
-
-def test_registry():
-    methods = Registry("method")
-
-    @methods.register("acmr")
-    class ACMRConfig:
-        pass
-
-    methods.register("sdml", OptimizerConfig)
-    assert methods.get("acmr") is ACMRConfig and "sdml" in methods and len(methods) == 2
-    assert list(methods) == ["acmr", "sdml"]
-    methods.register("sdml", OptimizerConfig)  # re-registering the same object is harmless
-    with pytest.raises(ValueError, match="already registered"):
-        methods.register("sdml", TrainConfig)
-
-    message = error_of(methods.get, "acmx")
-    assert message == "unknown method 'acmx'; did you mean 'acmr'? registered methods: acmr, sdml"
-    message = error_of(methods.get, "jfse")
-    assert "registered methods: acmr, sdml" in message and "imported?" in message
-    sources = SourceMap("configs/x.yaml")
-    message = error_of(methods.get, "jfse", what="model", key="method.name", sources=sources)
-    assert message.startswith("config key 'method.name' in configs/x.yaml: unknown model 'jfse';")
-    assert "no losses are registered" in error_of(Registry("loss").get, "triplet")

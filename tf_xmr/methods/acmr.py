@@ -21,6 +21,7 @@ from tf_xmr.config import cfg_field
 from tf_xmr.errors import ConfigError
 from tf_xmr.layers import GradientReversal, mlp
 from tf_xmr.losses import acmr_structure_loss, frobenius_norm_sum, label_cross_entropy
+from tf_xmr.losses.adversarial import discriminator_loss
 from tf_xmr.methods.base import AdversarialModel, DataSpec, Player, gather_replicas
 from tf_xmr.methods.registry import register_method
 
@@ -84,12 +85,6 @@ class ACMRConfig:
     use_imi: bool = True
     use_imd: bool = True
     use_adv: bool = True
-
-
-# Modality-classifier targets: "The projected features from an image are assigned the label 01, while the projected
-# features from a text are assigned the label 10" [PAPER Sec. 3.3] -> image class index 1, text class index 0.
-_IMAGE_TARGET = 1
-_TEXT_TARGET = 0
 
 
 @register_method("acmr", ACMRConfig, "Adversarial Cross-Modal Retrieval (Wang et al., MM 2017)")
@@ -176,22 +171,14 @@ class ACMR(AdversarialModel):
         ]
 
     def _modality_loss(self, image_embeddings, text_embeddings, training):
-        """L_adv (Eq. 1) as two 2-way softmax cross-entropies averaged over the batch, plus the classifier accuracy."""
-        image_logits = self.modality_classifier(image_embeddings, training=training)
-        text_logits = self.modality_classifier(text_embeddings, training=training)
-        image_targets = tf.fill(tf.shape(image_logits)[:1], _IMAGE_TARGET)
-        text_targets = tf.fill(tf.shape(text_logits)[:1], _TEXT_TARGET)
-        loss = tf.reduce_mean(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=image_targets, logits=image_logits)
-        ) + tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=text_targets, logits=text_logits))
-        correct = tf.concat(
-            [
-                tf.equal(tf.argmax(image_logits, axis=1, output_type=tf.int32), image_targets),
-                tf.equal(tf.argmax(text_logits, axis=1, output_type=tf.int32), text_targets),
-            ],
-            axis=0,
-        )
-        return loss, tf.reduce_mean(tf.cast(correct, tf.float32))
+        """L_adv (Eq. 1): the modality classifier's two-way cross-entropy, each side averaged over the batch; plus the
+        classifier's accuracy.
+
+        "The projected features from an image are assigned the label 01, while the projected features from a text are
+        assigned the label 10" [PAPER Sec. 3.3]: image embeddings are class 1, text embeddings class 0.
+        """
+        return discriminator_loss(self.modality_classifier(image_embeddings, training=training),
+                                  self.modality_classifier(text_embeddings, training=training))
 
     def player_losses(self, player, batch, training):
         cfg = self.config
