@@ -5,16 +5,18 @@ sections) are generated here from the dataclasses themselves, so they cannot dri
 both files with this module's output. The comment above a field in the source is its description, so the reference
 says exactly what the code says.
 
-Usage (from the repository root)::
+Usage (from the repository root; the command is ``__main__.py`` beside this file)::
 
     python -m tf_xmr.config.reference            # print the README block
     python -m tf_xmr.config.reference --write    # rewrite the README block and docs/config.md in place
     python -m tf_xmr.config.reference --check    # exit 1 naming the file that differs from the generated text
+
+This package is part of the config layer and imports no method: the methods' config classes are passed in (the
+command collects them from the method registry, as an entry point may).
 """
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import html
@@ -234,20 +236,12 @@ def readme_block() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def method_config_classes() -> dict[str, type]:
-    """Registered method name -> its config dataclass (the ``model:`` section).
+def docs_page(methods: Mapping[str, type]) -> str:
+    """``docs/config.md``: the ``model:`` section of every method.
 
-    The import is local: the method registry sits above ``tf_xmr.config`` in the layers, and only this tool (not the
-    config loader) needs it.
+    Args:
+        methods: method name (the config's ``method`` value) -> its config dataclass, in the order to list them.
     """
-    from tf_xmr.methods.registry import get_method, registered_methods
-
-    return {name: get_method(name).config_class for name in registered_methods()}
-
-
-def docs_page(methods: Mapping[str, type] | None = None) -> str:
-    """``docs/config.md``: the ``model:`` section of every registered method."""
-    methods = method_config_classes() if methods is None else methods
     lines = [
         "# Config reference: the `model:` section of each method",
         "",
@@ -286,48 +280,31 @@ def _read(path: str) -> str:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def expected_files(root: str = ".") -> dict[str, str]:
-    """Path -> the full text the README and ``docs/config.md`` should have."""
+def expected_files(root: str, methods: Mapping[str, type]) -> dict[str, str]:
+    """Path -> the full text the README and ``docs/config.md`` under ``root`` should have.
+
+    Raises:
+        ConfigError: the README is unreadable or lacks the markers.
+    """
     readme = os.path.join(root, README)
-    return {readme: splice(_read(readme), readme_block(), readme), os.path.join(root, DOCS): docs_page()}
+    return {readme: splice(_read(readme), readme_block(), readme), os.path.join(root, DOCS): docs_page(methods)}
 
 
-def stale_files(root: str = ".") -> list[str]:
-    """The files whose text differs from the generated reference."""
-    stale = []
-    for path, text in expected_files(root).items():
-        current = _read(path) if os.path.exists(path) else None
-        if current != text:
-            stale.append(path)
-    return stale
+def stale_files(root: str, methods: Mapping[str, type]) -> list[str]:
+    """The files under ``root`` whose text differs from the generated reference."""
+    return [path for path, text in expected_files(root, methods).items()
+            if not os.path.exists(path) or _read(path) != text]
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tf_xmr.config.reference", description=__doc__.splitlines()[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--write", action="store_true", help="update README.md and docs/config.md in place")
-    mode.add_argument("--check", action="store_true", help="exit 1 if README.md or docs/config.md is out of date")
-    parser.add_argument("--root", default=".", help="repository root (default: the working directory)")
-    args = parser.parse_args(argv)
-    if args.check:
-        stale = stale_files(args.root)
-        for path in stale:
-            print(f"{path} differs from the generated config reference; run python -m tf_xmr.config.reference "
-                  "--write", file=sys.stderr)
-        return 1 if stale else 0
-    if args.write:
-        from tf_xmr.files import atomic_write_text
+def write_files(root: str, methods: Mapping[str, type]) -> list[str]:
+    """Rewrite the README block and ``docs/config.md`` under ``root``; returns the paths written.
 
-        for path, text in expected_files(args.root).items():
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            atomic_write_text(path, text)
-            print(f"wrote {path}")
-        return 0
-    sys.stdout.write(readme_block())
-    return 0
+    Both texts are built before either file is touched, so a README without markers leaves both files as they were.
+    """
+    from tf_xmr.files import atomic_write_text
 
-
-if __name__ == "__main__":
-    from tf_xmr.cli import run
-
-    run(main)
+    files = expected_files(root, methods)
+    for path, text in files.items():
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        atomic_write_text(path, text)
+    return list(files)
