@@ -78,7 +78,7 @@ def random_ranking_map(config_path: str, overrides=(), draws: int = 5) -> float:
     no learning on exactly these labels (class balance, split sizes, directions). The best of ``draws`` draws is
     returned, so a model that only matches chance cannot pass by luck.
     """
-    from tf_xmr.config.schema import load_experiment
+    from tf_xmr.experiment import load_experiment
     from tf_xmr.data.from_config import load_feature_set
     from tf_xmr.metrics import mean_average_precision
 
