@@ -5,46 +5,12 @@
 
 Uses the run's exported SavedModels (or, without exports, its best checkpoint) and the run's config, with any
 ``--set`` overrides (typically ``eval.*``, or ``data.root`` when the data moved).
+
+This script runs ``tf_xmr.commands.evaluate`` (installed as ``tf-xmr evaluate`` by ``pip install -e .``).
 """
 
-import argparse
-import json
-
-from tf_xmr.cli import add_override_argument, quiet_tensorflow, run
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", required=True, help="a run directory written by train.py")
-    add_override_argument(parser)
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--preset", choices=("default", "acmr_demo"), help="a named protocol instead of eval.*")
-    parser.add_argument("--source", default="auto", choices=("auto", "export", "checkpoint"),
-                        help="score the exported SavedModels or the best checkpoint (auto: exports if present)")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--plot", metavar="FILE.png", help="write precision-recall and precision-scope curves")
-    args = parser.parse_args()
-
-    quiet_tensorflow()
-    from tf_xmr.evaluation import evaluate_run
-    from tf_xmr.reporting import format_table
-
-    result = evaluate_run(args.run_dir, args.overrides, split=args.split, preset=args.preset, source=args.source,
-                          curves=bool(args.plot))
-    if args.plot:
-        from tf_xmr.metrics.plots import plot_curves
-
-        plot_curves(result["curves"], args.plot)
-    if args.json:
-        printable = {k: v for k, v in result.items() if k != "curves"}
-        print(json.dumps(printable, indent=2))
-    else:
-        print(f"model: {result['model']}")
-        print(format_table(result, splits=(args.split,)))
-        if args.plot:
-            print(f"curves written to {args.plot}")
-    return 0
-
+from tf_xmr.cli import run
+from tf_xmr.commands.evaluate import main
 
 if __name__ == "__main__":
     run(main)

@@ -5,26 +5,12 @@
 The config's `tune:` section names the dotted keys to search and their ranges. Writes the tuner directory (trials,
 trials.csv, best_config.yaml, TensorBoard HParams) and prints one row per trial; rerunning the same command continues
 the search. The test split is never used.
+
+This script runs ``tf_xmr.commands.tune`` (installed as ``tf-xmr tune`` by ``pip install -e .``).
 """
 
-import argparse
-
-from tf_xmr.cli import add_override_argument, quiet_tensorflow, run
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="YAML config with a tune section (see configs/tune/)")
-    add_override_argument(parser)
-    args = parser.parse_args()
-
-    quiet_tensorflow()
-    from tf_xmr.training.tuning import format_report, tune
-
-    result = tune(args.config, args.overrides)
-    print(format_report(result))
-    return 0
-
+from tf_xmr.cli import run
+from tf_xmr.commands.tune import main
 
 if __name__ == "__main__":
     run(main)

@@ -15,7 +15,7 @@ Layers, bottom up (a module may import its own layer and the layers listed for i
   encoders on splits, the run directory's files;
 - ``export``, ``evaluation``: take trained models and scoring from below training, never ``tf_xmr.training``;
 - ``training``: the run pipeline and the fit stages;
-- entry points: ``cli``, ``reporting``, and every ``__main__`` module.
+- entry points: ``cli``, ``reporting``, ``commands`` (train / evaluate / tune), and every ``__main__`` module.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def _layer(module: str) -> str:
 
 
 def _is_entry_point(module: str) -> bool:
-    return module in ENTRY_POINTS or module.endswith("__main__")
+    return module in ENTRY_POINTS or module.endswith("__main__") or _layer(module) == "commands"
 
 
 def _allowed(source: str, target: str) -> bool:

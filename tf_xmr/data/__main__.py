@@ -11,15 +11,15 @@ import argparse
 from tf_xmr.cli import add_override_argument, quiet_tensorflow, run
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m tf_xmr.data", description=__doc__.splitlines()[0])
+def main(argv=None, prog: str = "python -m tf_xmr.data") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser("convert", help="write a config's feature set as sharded TFRecords")
     convert.add_argument("--config", required=True)
     convert.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     convert.add_argument("--shards", type=int, default=4, help="shards per split")
     add_override_argument(convert)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     quiet_tensorflow()
     from tf_xmr.experiment import load_experiment

@@ -8,8 +8,8 @@ import argparse
 from tf_xmr.cli import quiet_tensorflow, run
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tf_xmr.export", description=__doc__.splitlines()[0])
+def main(argv=None, prog: str = "python -m tf_xmr.export") -> int:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True)
     args = parser.parse_args(argv)
     quiet_tensorflow()

@@ -11,6 +11,7 @@ serving until the new one is complete. Each version is written to a temporary di
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -20,6 +21,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf_xmr.errors import ModelInputError
+
+log = logging.getLogger("tf_xmr.export")
 
 SIGNATURE = "serving_default"
 INPUT_NAME = "features"
@@ -72,11 +75,18 @@ def export_encoder(encoder: keras.Model, model_dir: str, *, input_dim: int, l2_n
         fn=serve,
         input_signature=[tf.TensorSpec([None, input_dim], tf.float32, name=INPUT_NAME)],
     )
+    # TensorFlow logs "Assets written to: <the temporary folder>", a path that is gone a moment later; say the
+    # final one instead.
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    tf_logger.setLevel(logging.WARNING)
     try:
         archive.write_out(tmp, verbose=False)
         os.replace(tmp, final)
     finally:
+        tf_logger.setLevel(level)
         shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exported %s", final)
     return final
 
 
