@@ -171,10 +171,15 @@ class TrainConfig:
     disk_margin: float = cfg_field(1.5, ge=0.0)
     # tf.config.experimental.enable_op_determinism(): bitwise-repeatable runs, somewhat slower.
     deterministic: bool = False
-    # Methods whose modality networks train independently (e.g. SDML): one worker process per modality network
-    # (true) or one network after the other in this process (false). Ignored by jointly trained methods.
-    parallel_modalities: bool = False
-    # Parallel workers at most; null = one per modality being trained. Each worker gets cores / workers threads.
+    # Methods whose modality networks train independently (e.g. SDML): worker processes (true), one network after
+    # the other in this process (false), or auto: workers only where they can pay off (>= 2 GPUs, or enough cores
+    # for >= 4 threads per worker), else sequential; the log says what it chose and why (tf_xmr/training/workers.py
+    # states the rule and its measurement: on 2 cores every parallel mode was slower). Only true, false and "auto"
+    # are accepted (not yes/1/Auto), so a typo fails at load time instead of silently meaning one of them.
+    # Ignored by jointly trained methods.
+    parallel_modalities: bool | Literal["auto"] = "auto"
+    # Parallel workers at most; null = one per network being trained (true) or the count auto plans. Each worker gets
+    # cores / workers TensorFlow threads.
     max_workers: int | None = cfg_field(None, ge=1)
 
 
@@ -278,8 +283,8 @@ class TuneConfig:
     # hyperband; for grid null = the whole grid.
     max_trials: int | None = cfg_field(None, ge=1)
     # Seed of the tuner's sampling. Each trial's training is seeded with the experiment `seed`, so trials differ
-    # only by their values.
-    seed: int = cfg_field(0, ge=0)
+    # only by their values. At most 2**32 - 1 (NumPy's seed range, which keras_tuner seeds from it).
+    seed: int = cfg_field(0, ge=0, le=2**32 - 1)
     # Tuner directory (trials, results table, best config, TensorBoard HParams); null = saved_models/<config name>,
     # e.g. saved_models/tune-wikipedia_acmr for configs/tune/wikipedia_acmr.yaml. Rerunning continues the search in it.
     directory: str | None = None
@@ -296,8 +301,9 @@ class ExperimentConfig:
 
     # Registered method name (acmr, ...); selects the dataclass of the `model` section.
     method: str = "acmr"
-    # Seeds Python, NumPy and TensorFlow once at entry, the data split and the synthetic generator.
-    seed: int = cfg_field(0, ge=0)
+    # Seeds Python, NumPy and TensorFlow once at entry, the data split and the synthetic generator. At most
+    # 2**32 - 1: NumPy's global seed (keras.utils.set_random_seed) is a 32-bit unsigned integer.
+    seed: int = cfg_field(0, ge=0, le=2**32 - 1)
     # Output folder; null = saved_models/<config name>-<timestamp>.
     run_dir: str | None = None
     # A finished run of a method with independent modality networks (e.g. SDML) to extend: only the networks this

@@ -165,25 +165,6 @@ def finished_summary(out_dir: str) -> dict | None:
     return read_json_if_present(os.path.join(out_dir, FINISHED_FILE))
 
 
-def _worker(config_dict: dict, run_dir: str, modality: str, out_dir: str, threads: int, log_level: int,
-            parent_pid: int) -> dict:
-    """Worker-process entry: its own TensorFlow runtime, ``threads`` intra-op threads, the data loaded afresh."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # The parent's log lines (validation loss per epoch) come from every worker at once: say whose they are.
-    logging.basicConfig(level=log_level, format=f"[{modality}] %(message)s")
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
-    from tf_xmr.experiment import experiment_from_dict
-    from tf_xmr.modeling import data_spec, load_data
-
-    config = experiment_from_dict(config_dict)
-    feature_set = load_data(config)
-    return train_modality(config, feature_set, data_spec(config, feature_set), load_shared_state(run_dir),
-                          modality, out_dir, extra_callbacks=[_stop_when_orphaned(parent_pid)])
-
-
 def _train_modalities(config, feature_set, spec, state, modalities, run_dir) -> dict:
     """Train each modality into its staging folder and rename it into place; modality -> summary."""
     staging = {m: modality_dir(run_dir, m) + PARTIAL_SUFFIX for m in modalities}
@@ -196,21 +177,15 @@ def _train_modalities(config, feature_set, spec, state, modalities, run_dir) -> 
             log.info("the %s network finished before the interruption; kept", m)
             results[m] = {**summary, "kept": True}
     pending = tuple(m for m in modalities if m not in results)
-    parallel = config.train.parallel_modalities and len(pending) > 1
+    from tf_xmr.training import workers  # the worker plan and process pool
+
+    plan = workers.plan_workers(cores=workers.available_cores(), gpus=workers.visible_gpus(), networks=len(pending),
+                                mode=config.train.parallel_modalities, max_workers=config.train.max_workers)
+    log.info("%s", plan.describe(len(pending)))
     start = time.perf_counter()
-    if parallel:
-        workers = min(len(pending), config.train.max_workers or len(pending))
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        log.info("training %d modality networks in %d worker processes (%d thread(s) each)", len(pending),
-                 workers, threads)
-        context = multiprocessing.get_context("spawn")
-        payload = to_dict(config)
-        with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = {pool.submit(_worker, payload, run_dir, m, staging[m], threads, logging.getLogger().level,
-                                   os.getpid()): m
-                       for m in pending}
-            for future in concurrent.futures.as_completed(futures):
-                results[futures[future]] = future.result()
+    if plan.parallel:
+        results.update(workers.train_in_workers(config, {m: staging[m] for m in pending}, plan,
+                                                train_fn=train_modality, state=state))
     else:
         for m in pending:
             log.info("training the %s network", m)
@@ -219,7 +194,8 @@ def _train_modalities(config, feature_set, spec, state, modalities, run_dir) -> 
     for m in modalities:
         os.replace(staging[m], modality_dir(run_dir, m))
     return {"modalities": {m: results[m] for m in modalities}, "wall_seconds": round(wall, 3),
-            "mode": "parallel" if parallel else "sequential"}
+            "mode": "parallel" if plan.parallel else "sequential", "workers": plan.workers,
+            "threads_per_worker": plan.threads, "plan": plan.reason}
 
 
 # ----------------------------------------------------------------------------------------------------------------
