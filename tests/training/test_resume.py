@@ -9,8 +9,10 @@ shuffle order, schedule position, validation state) was not restored.
 Cost: every run is tiny (120 items, 6-24-d features, 2 epochs of 4 steps, no XLA, no export). An uninterrupted
 reference run per method doubles as the interrupted one: a copy of its run directory taken mid-epoch 2 is exactly what
 a kill at that moment leaves on disk (the in-memory progress of epoch 2 is lost either way), so each method costs two
-in-process trainings. ACMR's case is the real thing instead: SIGKILL of a ``python train.py`` process mid-epoch and
-the same command again.
+in-process trainings. ACMR's case is the real thing instead: SIGKILL of a ``train.py`` process mid-epoch and
+the same command again. The interruption points are set by ``tests/faults.py``, which patches a callback into
+``keras.Model.fit`` (in this process, or in the subprocess it runs ``train.py`` in); production code has no fault
+hook.
 """
 
 import json
@@ -23,6 +25,7 @@ import time
 
 import pytest
 
+from tests import faults
 from tests.conftest import ROOT
 from tf_xmr.experiment import load_experiment
 from tf_xmr.training import callbacks as cb
@@ -105,15 +108,12 @@ def reference_with_snapshot(method, tmp_root):
     run_dir = os.path.join(tmp_root, f"{method}-reference")
     snapshot = os.path.join(tmp_root, f"{method}-snapshot")
     network = SDML_INTERRUPTED_NETWORK if method == "sdml" else None
-    spec = f"action=raise,epoch={INTERRUPT['epoch']},step={INTERRUPT['step']}" + (f",network={network}" if network else "")
 
-    def take_snapshot(self, batch, logs=None):
-        if self._epoch + 1 == self.epoch and batch == self.step and not os.path.exists(snapshot):
+    def take_snapshot():
+        if not os.path.exists(snapshot):
             shutil.copytree(run_dir, snapshot)
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(cb.FaultInjection.ENV, spec)
-        patch.setattr(cb.FaultInjection, "on_train_batch_begin", take_snapshot)
+    with faults.at_step(INTERRUPT["epoch"], INTERRUPT["step"], take_snapshot, network=network):
         metrics = train(config(method, run_dir)).metrics
     assert os.path.isdir(snapshot), "the interruption point was never reached"
     _references[method] = (metrics, snapshot)
@@ -144,10 +144,11 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_and_matches_an_uninterr
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     # The first attempt stops (sleeps) at the start of step 2 of epoch 2 and says so in the marker file: the epoch-1
     # backup is on disk and two batches of epoch 2 have changed the weights in memory only. Then: SIGKILL.
-    fault = f"action=pause,epoch={INTERRUPT['epoch']},step={INTERRUPT['step']},marker={marker}"
+    # tests/faults.py runs train.py with that pause patched in (production code has no fault hook).
+    paused = [sys.executable, "-m", "tests.faults", "pause", f"--epoch={INTERRUPT['epoch']}",
+              f"--step={INTERRUPT['step']}", f"--marker={marker}", "--", *cli_command("acmr", run_dir)[1:]]
     with open(os.path.join(tmp_root, "first.log"), "w") as log_file:
-        process = subprocess.Popen(cli_command("acmr", run_dir), cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT,
-                                   env={**env, cb.FaultInjection.ENV: fault})
+        process = subprocess.Popen(paused, cwd=ROOT, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         try:
             # The uninterrupted reference trains in this process meanwhile (two cores).
             reference, _ = reference_with_snapshot("acmr", tmp_root)
@@ -165,7 +166,7 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_and_matches_an_uninterr
     assert process.returncode == -signal.SIGKILL
     assert not os.path.exists(os.path.join(run_dir, "metrics.json"))
 
-    # The same command again (without the fault hook).
+    # The same command again (plain train.py).
     second = subprocess.run(cli_command("acmr", run_dir), cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=600)
     assert second.returncode == 0, second.stderr[-3000:]
@@ -177,20 +178,21 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_and_matches_an_uninterr
     assert resumed["resumed_from"] == [{"epoch": 1, "step": STEPS_PER_EPOCH}]
     assert_same_scores(resumed, reference)
     assert not os.path.exists(os.path.join(checkpoint_dir, "backup"))  # removed once the run finished
-    # TensorBoard continues: the resumed process logs epoch 2 (step 1) in a new event file next to the killed one's
-    # epoch 1 (step 0), which is on disk although the process was killed (flushed at the epoch end).
+    # TensorBoard continues: the resumed process logs epoch 2 (step 2) in a new event file next to the killed one's
+    # epoch 1 (step 1), which is on disk although the process was killed (flushed at the epoch end).
     import tensorflow as tf
 
-    steps_by_file = {}
-    train_logs = os.path.join(run_dir, "logs", "train")
-    for name in sorted(os.listdir(train_logs)):
-        steps = set()
-        for record in tf.data.TFRecordDataset(os.path.join(train_logs, name)):
-            event = tf.compat.v1.Event.FromString(record.numpy())
-            if any(v.tag.startswith("epoch_") for v in event.summary.value):
-                steps.add(event.step)
-        steps_by_file[name] = sorted(steps)
-    assert sorted(steps_by_file.values()) == [[0], [1]], steps_by_file
+    for sub in ("train", "validation"):
+        steps_by_file = {}
+        logs = os.path.join(run_dir, "logs", sub)
+        for name in sorted(os.listdir(logs)):
+            steps = set()
+            for record in tf.data.TFRecordDataset(os.path.join(logs, name)):
+                event = tf.compat.v1.Event.FromString(record.numpy())
+                if any(v.tag in ("embedding_loss", "map_avg") for v in event.summary.value):
+                    steps.add(event.step)
+            steps_by_file[name] = sorted(steps)
+        assert sorted(steps_by_file.values()) == [[1], [2]], (sub, steps_by_file)
 
 
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "acmr"])  # ACMR: the SIGKILL test above
@@ -386,9 +388,9 @@ def test_a_kill_between_validation_and_backup_resumes_with_the_backup_validation
     assert state["epoch"] == 1 and resumed_from == [{"epoch": 1, "step": 0}]
     assert resumed_validation.best["epoch"] == 1 and resumed_validation.best["evaluations_since_best"] == 0
     assert json.loads((checkpoints / "best.json").read_text())["epoch"] == 1
-    for restored, saved in zip(resumed_model.weights, epoch1):
+    for restored, saved in zip(resumed_model.weights, epoch1, strict=True):
         np.testing.assert_array_equal(restored.numpy(), saved)  # the backup's weights
     best, _ = tiny()
     best.load_weights(str(checkpoints / "best.weights.h5"))
-    for restored, saved in zip(best.weights, epoch1):
+    for restored, saved in zip(best.weights, epoch1, strict=True):
         np.testing.assert_array_equal(restored.numpy(), saved)  # the best checkpoint of epoch 1, not epoch 2's

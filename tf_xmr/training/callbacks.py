@@ -1,4 +1,5 @@
-"""Training callbacks: validation retrieval with best-checkpoint selection, GRL schedule, logging, NaN guard."""
+"""Training callbacks: validation retrieval with best-checkpoint selection, GRL schedule, logging, NaN guard,
+TensorBoard epoch scalars."""
 
 from __future__ import annotations
 
@@ -17,11 +18,24 @@ log = logging.getLogger("tf_xmr.training")
 
 
 def atomic_save_weights(model: keras.Model, path: str) -> None:
-    """``model.save_weights`` via a temporary file (Keras insists on the ``.weights.h5`` suffix)."""
+    """``model.save_weights`` into a new file at a temporary name, then renamed onto ``path`` (Keras insists on the
+    ``.weights.h5`` suffix).
+
+    Always a NEW file: a training backup may hold a hard link to the current ``path`` (``tf_xmr.training.resume``),
+    and a leftover at the temporary name (a killed process with the same pid) may be one too; h5py would truncate and
+    rewrite such an inode in place, changing the backup after the fact. A failed write (disk full) leaves nothing.
+    """
     directory, name = os.path.split(path)
     tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+    if os.path.lexists(tmp):
+        os.remove(tmp)
+    try:
+        model.save_weights(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
 
 
 class RetrievalValidation(keras.callbacks.Callback):
@@ -94,18 +108,62 @@ class RetrievalValidation(keras.callbacks.Callback):
         atomic_write_text(self.state_path, json.dumps(self.best, indent=2))
 
 
-class TensorBoard(keras.callbacks.TensorBoard):
-    """``keras.callbacks.TensorBoard`` that flushes its event files at every epoch end.
+class TensorBoard(keras.callbacks.Callback):
+    """Epoch summaries for TensorBoard: every entry of the epoch logs under its own name, at step = the epoch number.
 
-    Keras leaves the epoch summaries in the writer's buffer (flushed every two minutes or at the end of ``fit``), so
-    a killed run lost the curves of the epochs its backup already holds, and the resumed run's curves started with a
-    gap. The resumed run writes a new event file next to the old ones, from the epoch it continues with.
+    ``<log_dir>/train`` gets the training entries (``embedding_imi``, ``discriminator_loss``,
+    ``learning_rate_<player>``, ``grl_strength``, ...), ``<log_dir>/validation`` the ``val_`` entries without the
+    prefix (``map_i2t``, ``map_avg``; SDML: ``loss``): the layout of ``keras.callbacks.TensorBoard``, but without its
+    ``epoch_`` tag prefix and with 1-based steps: epoch 3 is step 3, as in the progress bar, the log lines and
+    ``best_epoch`` of metrics.json.
+    Each epoch is flushed at once, so a killed run keeps the curves of the epochs its backup holds; a resumed run
+    writes a new event file next to the old ones, from the epoch it continues with.
+
+    Args:
+        log_dir: the run's ``logs`` folder.
+        write_graph, update_freq: accepted for the ``keras.callbacks.TensorBoard`` call signature; only epoch
+            scalars are written (``write_graph=False``, ``update_freq="epoch"``).
     """
 
+    TRAIN, VALIDATION = "train", "validation"
+
+    def __init__(self, log_dir: str, write_graph: bool = False, update_freq: str = "epoch"):
+        super().__init__()
+        if write_graph or update_freq != "epoch":
+            raise ValueError("tf_xmr's TensorBoard callback writes epoch scalars only (write_graph=False, "
+                             "update_freq='epoch')")
+        self.log_dir = log_dir
+        self._writers = {}
+
+    def _writer(self, name: str):
+        import tensorflow as tf
+
+        if name not in self._writers:
+            self._writers[name] = tf.summary.create_file_writer(os.path.join(self.log_dir, name))
+        return self._writers[name]
+
     def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
-        for writer in getattr(self, "_writers", {}).values():
+        import tensorflow as tf
+
+        groups = {self.TRAIN: {}, self.VALIDATION: {}}
+        for key, value in (logs or {}).items():
+            if key.startswith("val_"):
+                groups[self.VALIDATION][key[len("val_"):]] = value
+            else:
+                groups[self.TRAIN][key] = value
+        for name, values in groups.items():
+            if not values:
+                continue
+            writer = self._writer(name)
+            with writer.as_default():
+                for tag, value in values.items():
+                    tf.summary.scalar(tag, value, step=epoch + 1)
             writer.flush()
+
+    def on_train_end(self, logs=None):
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
 
 
 class GradientReversalSchedule(keras.callbacks.Callback):
@@ -178,53 +236,3 @@ class StopOnNonFinite(keras.callbacks.Callback):
                 self.failure = f"{key} became {float(bad[0])} at epoch {self._epoch + 1}, batch {batch + 1}"
                 self.model.stop_training = True
                 return
-
-
-class FaultInjection(keras.callbacks.Callback):
-    """Test hook: simulates a crash at a given point of training, configured by the environment variable
-    ``TF_XMR_FAULT`` (never set in normal use), e.g. ``action=raise,epoch=2,step=3`` or
-    ``action=pause,epoch=2,step=3,marker=/tmp/paused,network=text``.
-
-    ``epoch`` is 1-based, ``step`` the 0-based batch of that epoch, at whose start the fault happens: ``raise``
-    raises ``SimulatedFault``; ``pause`` writes ``marker`` and sleeps, so a test can SIGKILL the process knowing it is
-    mid-epoch (weights updated by ``step`` batches of the epoch, nothing of it saved). ``network`` restricts the fault
-    to one modality network of independent training (SDML).
-    """
-
-    ENV = "TF_XMR_FAULT"
-
-    def __init__(self, action: str, epoch: int, step: int, marker: str | None = None):
-        super().__init__()
-        if action not in ("raise", "pause"):
-            raise ValueError(f"{self.ENV}: action must be raise or pause, got {action!r}")
-        self.action, self.epoch, self.step, self.marker = action, int(epoch), int(step), marker
-        self._epoch = 0
-
-    @classmethod
-    def from_env(cls, network: str | None = None):
-        """The configured fault, or None when ``TF_XMR_FAULT`` is unset or names another network."""
-        spec = os.environ.get(cls.ENV)
-        if not spec:
-            return None
-        fields = dict(item.split("=", 1) for item in spec.split(","))
-        if "network" in fields and fields["network"] != network:
-            return None
-        return cls(fields["action"], int(fields["epoch"]), int(fields["step"]), fields.get("marker"))
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        if self._epoch + 1 != self.epoch or batch != self.step:
-            return
-        if self.action == "raise":
-            raise SimulatedFault(f"simulated fault at epoch {self.epoch}, step {self.step}")
-        import time
-
-        atomic_write_text(self.marker, f"epoch={self.epoch} step={self.step} pid={os.getpid()}\n")
-        while True:  # until killed
-            time.sleep(1.0)
-
-
-class SimulatedFault(RuntimeError):
-    """Raised by ``FaultInjection`` (a bug-like crash: not a user error, so the CLI keeps the traceback)."""
