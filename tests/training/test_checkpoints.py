@@ -89,7 +89,8 @@ class Pair(keras.Model):
 def pair(text_first: bool):
     model = Pair(text_first)
     optimizer = keras.optimizers.Adam(learning_rate=0.01)
-    model.compile(optimizer=optimizer, loss="mse", jit_compile=False)
+    # Eager: a traced train step per tiny model would cost more than all the rest of these tests.
+    model.compile(optimizer=optimizer, loss="mse", run_eagerly=True)
     return model, {"model": optimizer}
 
 
@@ -177,7 +178,7 @@ def test_a_backup_that_does_not_fit_the_model_is_one_line_naming_the_variable(tm
         resume.restore(state, other, other_optimizers)
 
     wider = Pair(text_first=False, width=6)
-    wider.compile(optimizer=keras.optimizers.Adam(), loss="mse", jit_compile=False)
+    wider.compile(optimizer=keras.optimizers.Adam(), loss="mse", run_eagerly=True)
     wider.train_on_batch(batch(0)[0], np.zeros((8, 6), "float32"))
     with pytest.raises(resume.ResumeError, match=r"model/towers/1/_kernel of shape \(3, 3\), the model's is \(3, 6\)"):
         resume.restore(state, wider, {"model": wider.optimizer})
