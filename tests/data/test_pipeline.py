@@ -82,3 +82,23 @@ def test_unpaired_split_needs_one_modality():
         make_dataset(split, batch_size=2, num_classes=1)
     batches = _batches(make_dataset(split, batch_size=2, num_classes=1, modalities="text"))
     assert [len(b["text"]) for b in batches] == [2, 1]
+
+
+def test_every_pipeline_runs_without_the_tf_data_autotuner(split, tmp_path):
+    """Issue 20: an autotuned iterator's model thread can hold up its destruction (and so Keras fit's return) for the
+    rest of its optimisation period, up to 60 s; the pipelines here switch the tuner off, in memory and for records,
+    for evaluation passes and for the resumable training stream (whatever a model's hook adds on top keeps it)."""
+    from tf_xmr.data import load_records, make_synthetic, make_training_stream, write_records
+
+    write_records(make_synthetic(num_train=40, num_test=10, dims={"image": 4, "text": 3}, seed=0), str(tmp_path),
+                  num_shards=2)
+    records = load_records(str(tmp_path)).splits["train"]
+    pipelines = {
+        "memory pass": make_dataset(split, batch_size=5, num_classes=3),
+        "memory stream": make_training_stream(split, batch_size=5, num_classes=3, seed=1, first_epoch=1, epochs=3),
+        "records pass": make_dataset(records, batch_size=5, num_classes=10, shuffle=True, seed=2),
+        "records stream": make_training_stream(records, batch_size=5, num_classes=10, seed=1, first_epoch=0,
+                                               epochs=2),
+    }
+    pipelines["memory stream, mapped"] = pipelines["memory stream"].map(lambda batch: batch)
+    assert {name: ds.options().autotune.enabled for name, ds in pipelines.items()} == dict.fromkeys(pipelines, False)

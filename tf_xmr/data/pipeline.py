@@ -16,6 +16,25 @@ from tf_xmr.errors import DataError
 RECORD_SHUFFLE_BUFFER = 10_000
 
 
+def _finish(ds):
+    """``ds`` prefetched, with tf.data autotuning off.
+
+    Why off: an autotuned iterator runs a model thread that re-tunes the pipeline at periods that double from 10 ms
+    up to 60 s, and destroying the iterator joins that thread, which now and then sleeps out the rest of its period
+    instead of waking at the cancellation (TF 2.21). Measured: 2 of 25 teardowns of the training stream after 2.5 s
+    of iteration took 2.4-2.5 s (the rest of a 2.56 s period), 0 of 25 with autotuning off; Keras ``fit``, whose
+    frame owns the iterator, took 7-31 s to return after SDML's last epoch in 6 of 14 runs (issue 20). These
+    pipelines only slice in-memory arrays or parse whole record batches: without the tuner, AUTOTUNE parallelism is
+    the core count and the prefetch buffer adapts on its own (the legacy tuner, no thread), and element order is
+    unchanged. ``benchmarks/train_step_speed.py`` reports the fit teardown time and the epoch times.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
 def _resolve_modalities(split: Split | RecordSplit, modalities: Sequence[str] | str | None) -> tuple[str, ...]:
     available = tuple(split.modalities)
     if isinstance(modalities, str):
@@ -85,9 +104,11 @@ def make_dataset(
         raise DataError(f"make_dataset: shuffle_buffer must be a positive integer, got {shuffle_buffer!r}")
     mods = _resolve_modalities(split, modalities)
     if isinstance(split, RecordSplit):
-        return _records_dataset(split, mods, batch_size, num_classes, shuffle, seed, repeat, drop_remainder, shuffle_buffer)
+        return _records_dataset(split, mods, batch_size, num_classes, shuffle, seed, repeat, drop_remainder,
+                                shuffle_buffer)
     if isinstance(split, Split):
-        return _memory_dataset(split, mods, batch_size, num_classes, shuffle, seed, repeat, drop_remainder, shuffle_buffer)
+        return _memory_dataset(split, mods, batch_size, num_classes, shuffle, seed, repeat, drop_remainder,
+                               shuffle_buffer)
     raise DataError(f"make_dataset: expected a Split or RecordSplit, got {type(split).__name__}")
 
 
@@ -104,7 +125,7 @@ def _memory_dataset(split, mods, batch_size, num_classes, shuffle, seed, repeat,
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _finish(ds)
 
 
 def _records_dataset(split, mods, batch_size, num_classes, shuffle, seed, repeat, drop_remainder, shuffle_buffer):
@@ -112,7 +133,8 @@ def _records_dataset(split, mods, batch_size, num_classes, shuffle, seed, repeat
 
     if split.num_classes != num_classes:
         raise DataError(
-            f"make_dataset: records in {split.root} store labels of width {split.num_classes}, num_classes={num_classes}"
+            f"make_dataset: records in {split.root} store labels of width {split.num_classes}, "
+            f"num_classes={num_classes}"
         )
     files = split.files(None if split.paired else mods[0])
     n = split.num_examples(mods[0])
@@ -148,7 +170,7 @@ def _records_dataset(split, mods, batch_size, num_classes, shuffle, seed, repeat
         return out
 
     ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=(not shuffle) or seed is not None)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _finish(ds)
 
 
 def make_training_stream(
@@ -203,7 +225,7 @@ def make_training_stream(
             ds = _records_dataset(split, mods, batch_size, num_classes, True, _epoch_seed(seed, epoch), False,
                                   drop_remainder, shuffle_buffer)
             stream = ds if stream is None else stream.concatenate(ds)
-        return stream.prefetch(tf.data.AUTOTUNE)
+        return _finish(stream)
     if not isinstance(split, Split):
         raise DataError(f"make_training_stream: expected a Split or RecordSplit, got {type(split).__name__}")
 
@@ -224,7 +246,7 @@ def make_training_stream(
           .skip(first_epoch * steps))
     ds = ds.map(lambda idx: {key: tf.gather(value, idx) for key, value in tensors.items()},
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _finish(ds)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
