@@ -58,6 +58,23 @@ def test_reads_type_default_and_comment_of_every_field():
     assert rows["sec.required"].doc == ""
 
 
+@dataclasses.dataclass(frozen=True)
+class _Grouped:
+    """Fields sharing one comment."""
+
+    # The inclusive bounds.
+    low: int = 0
+    high: int = 1
+
+    alone: int = 2
+
+
+def test_one_comment_describes_the_fields_right_below_it():
+    rows = {row.key: row.doc for row in reference.describe(_Grouped, "g")}
+    assert rows == {"g.low": "The inclusive bounds.", "g.high": "See `g.low` (one comment for the group).",
+                    "g.alone": ""}
+
+
 def test_table_escapes_bars_and_rest_literals():
     lines = reference._section("`sec`", _Example, "sec")
     assert lines[0] == "**`sec`**: An example section."

@@ -102,6 +102,26 @@ def field_comments(cls: type) -> dict[str, str]:
     return comments
 
 
+def field_groups(cls: type) -> dict[str, str]:
+    """Fields without a comment of their own that directly follow another field (no blank line between): one comment
+    above the first describes the whole group, e.g. ``min`` / ``max`` under "the inclusive bounds".
+
+    Returns:
+        Field name -> the name of the group's first field.
+    """
+    lines, _ = inspect.getsourcelines(cls)
+    tree = ast.parse(textwrap.dedent("".join(lines)))
+    groups, previous = {}, None
+    for node in tree.body[0].body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
+            previous = None
+            continue
+        if previous is not None and previous.end_lineno == node.lineno - 1:
+            groups[node.target.id] = groups.get(previous.target.id, previous.target.id)
+        previous = node
+    return groups
+
+
 def _section_classes(annotation) -> list[type]:
     """The dataclasses an annotation holds directly or as ``X | None`` / ``dict[str, X]`` values."""
     if dataclasses.is_dataclass(annotation):
@@ -183,11 +203,13 @@ def describe(cls: type, prefix: str = "") -> list[KeyDoc]:
     Returns:
         One :class:`KeyDoc` per field, in declaration order.
     """
-    comments = field_comments(cls)
+    comments, groups = field_comments(cls), field_groups(cls)
     hints = typing.get_type_hints(cls)
     rows = []
     for field in dataclasses.fields(cls):
         doc = " ".join(part for part in (comments.get(field.name, ""), field_spec(field).doc) if part)
+        if not doc and comments.get(groups.get(field.name, "")):
+            doc = f"See `{prefix + '.' if prefix else ''}{groups[field.name]}` (one comment for the group)."
         if not doc and _section_classes(hints[field.name]):
             doc = (_section_classes(hints[field.name])[0].__doc__ or "").strip().splitlines()[0]
         key = f"{prefix}.{field.name}" if prefix else field.name
