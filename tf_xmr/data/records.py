@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -162,18 +163,21 @@ def _field(meta: dict, key: str, path: str):
     return meta[key]
 
 
-def load_records(root: str) -> FeatureSet:
+def load_records(root: str, *, verify: bool = True) -> FeatureSet:
     """Open a directory written by :func:`write_records`; splits are :class:`RecordSplit` (streamed, not loaded).
 
     Args:
         root: the records directory.
+        verify: read every shard once and check its record count and CRCs against the sidecar
+            (:func:`verify_records`), so a truncated or corrupt shard fails here, before any training.
 
     Returns:
         A validated FeatureSet with ``RecordSplit`` splits and the sidecar's class embeddings.
 
     Raises:
         DataError: missing directory or sidecar, unreadable sidecar or one lacking a field, an unsupported format
-            version, missing shard files.
+            version, missing shard files; with ``verify``, a shard whose record count differs from the sidecar's
+            or that fails its CRC check.
     """
     root = os.path.abspath(os.fspath(root))
     if not os.path.isdir(root):
@@ -240,7 +244,7 @@ def load_records(root: str) -> FeatureSet:
             if missing:
                 raise DataError(f"records: shard file missing: {missing[0]} ({len(missing)} of {len(files)} missing)")
 
-    return FeatureSet(
+    feature_set = FeatureSet(
         name=str(meta["name"]),
         modalities=modalities,
         class_names=class_names,
@@ -249,6 +253,92 @@ def load_records(root: str) -> FeatureSet:
         class_embeddings=embeddings,
         source=root,
     ).validate()
+    if verify:
+        verify_records(feature_set)
+    return feature_set
+
+
+def shard_counts(num_items: int, num_shards: int) -> list[int]:
+    """Records per shard when item ``i`` goes to shard ``i % num_shards`` (the writer's rule)."""
+    return [len(range(shard, num_items, num_shards)) for shard in range(num_shards)]
+
+
+def verify_records(feature_set: FeatureSet) -> None:
+    """Read every shard of every record split once and check it against ``dataset.json``.
+
+    tf.data treats a file cut at a record boundary as a normal end of file, so a truncated shard would otherwise
+    train (or score) on fewer items without a word; a file cut inside a record, or with a flipped byte, fails only
+    when the pipeline reaches it, possibly after the whole training. This pass runs before anything is built:
+    TensorFlow's record reader checks each record's length and data CRC32C while counting, nothing is parsed or
+    decoded, so the cost is one sequential read of the files: on the default synthetic set (50.7 MB, 2866 records in
+    12 shards, a busy 2-core machine) 0.6-1.0 s, against 3.2-3.8 s for one ``make_dataset`` pass over the same splits.
+
+    Args:
+        feature_set: a feature set from :func:`load_records`; in-memory splits are skipped.
+
+    Raises:
+        DataError: one line naming the first bad shard: its record count differs from the sidecar's (truncated or
+            extended), or it is corrupt (a CRC mismatch or a record cut short).
+    """
+    import tensorflow as tf
+
+    count = _record_counter(tf)
+    for split_name, split in feature_set.splits.items():
+        if not isinstance(split, RecordSplit):
+            continue
+        for m in [None] if split.paired else list(split.modalities):
+            n = split.num_examples(m)
+            family = f"split {split_name!r}" + ("" if m is None else f" modality {m!r}")
+            for path, expected in zip(split.files(m), shard_counts(n, split.num_shards)):
+                try:
+                    found = int(count(path))
+                except tf.errors.DataLossError as e:
+                    readable = int(_record_counter(tf, ignore_errors=True)(path))
+                    raise DataError(
+                        f"records: shard {path} ({family}) is corrupt: {_op_reason(e)} after {readable} readable of "
+                        f"{expected} records; rewrite the records with python -m tf_xmr.data convert"
+                    ) from None
+                except tf.errors.OpError as e:  # permission denied, a directory in its place, an I/O error
+                    raise DataError(f"records: cannot read shard {path} ({family}): {_op_reason(e)}") from None
+                if found != expected:
+                    what = "truncated" if found < expected else "longer than written"
+                    raise DataError(
+                        f"records: shard {path} ({family}) holds {found} records but dataset.json says {expected} "
+                        f"({n} items over {split.num_shards} shards): the file is {what}; rewrite the records with "
+                        f"python -m tf_xmr.data convert"
+                    )
+
+
+def _op_reason(error) -> str:
+    """TensorFlow's own reason ("corrupted record at 12"), without the graph trace it is wrapped in."""
+    found = re.search(r"(corrupted|truncated) record at (\d+)", str(error.message))
+    if found:
+        return f"{found.group(1)} record at byte {found.group(2)}"
+    lines = [line.strip() for line in str(error.message).splitlines() if line.strip()]
+    # The last line is TensorFlow's message followed by the node that raised it.
+    return lines[-1].split("[[")[0].strip() if lines else type(error).__name__
+
+
+_COUNTERS: dict = {}
+
+
+def _record_counter(tf, ignore_errors: bool = False):
+    """A tf.function path -> number of records (traced once per process): reads and CRC-checks, parses nothing."""
+    if ignore_errors not in _COUNTERS:
+
+        @tf.autograph.experimental.do_not_convert
+        def add_one(total, _):
+            return total + 1
+
+        @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+        def count(path):
+            ds = tf.data.TFRecordDataset(path)
+            if ignore_errors:
+                ds = ds.ignore_errors()
+            return ds.reduce(tf.constant(0, tf.int64), add_one)
+
+        _COUNTERS[ignore_errors] = count
+    return _COUNTERS[ignore_errors]
 
 
 def read_sidecar(root: str) -> dict:
@@ -263,4 +353,4 @@ def read_sidecar(root: str) -> dict:
         raise DataError(f"records: cannot read {path}: {e}") from None
 
 
-__all__ = ["write_records", "load_records", "read_sidecar", "SIDECAR", "FORMAT_VERSION"]
+__all__ = ["write_records", "load_records", "verify_records", "read_sidecar", "SIDECAR", "FORMAT_VERSION"]
