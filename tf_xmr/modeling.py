@@ -8,8 +8,9 @@ never import each other to build one. It runs no training and writes no file.
 from __future__ import annotations
 
 import os
+import re
 
-from tf_xmr.errors import ConfigError, ModelInputError
+from tf_xmr.errors import ConfigError, DataError, ModelInputError
 
 
 def prepare_data(config):
@@ -24,7 +25,15 @@ def prepare_data(config):
     from tf_xmr.data.from_config import load_feature_set, resolve_data_root
 
     config = dataclasses.replace(config, data=resolve_data_root(config.data))
-    return config, load_feature_set(config.data, seed=config.seed)
+    feature_set = load_feature_set(config.data, seed=config.seed)
+    for modality in feature_set.modalities:
+        # Modality names become Keras layer, TensorBoard and export folder names (<modality>_encoder/).
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", modality):
+            raise DataError(
+                f"modality name {modality!r} of the {config.data.source} data is not usable as a model and folder "
+                "name; use letters, digits, '_', '-' and '.' only"
+            )
+    return config, feature_set
 
 
 def load_data(config):
@@ -165,10 +174,20 @@ def load_weights(model, path: str, what: str) -> None:
     """``model.load_weights(path)``, with a one-line error when the checkpoint does not fit or cannot be read."""
     if not os.path.exists(path):
         raise ModelInputError(f"{what} checkpoint {path} does not exist")
+    import h5py
+
+    try:
+        # Opened by h5py first: a truncated or corrupt file is reported by name (HDF5 checks the stored length).
+        with h5py.File(path, "r"):
+            pass
+    except OSError as exc:
+        raise ModelInputError(f"checkpoint {path} is not a readable weights file ({exc})") from None
     try:
         model.load_weights(path)
     except ValueError as exc:
         raise ModelInputError(f"checkpoint {path} does not fit the {what} built from the data: {exc}") from None
+    except (OSError, KeyError) as exc:
+        raise ModelInputError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc})") from None
 
 
 def load_networks(config, spec, state, run_dir: str, modalities) -> dict:

@@ -31,7 +31,7 @@ import numpy as np
 
 from tf_xmr.config import to_dict
 from tf_xmr.errors import ConfigError
-from tf_xmr.files import read_json_if_present
+from tf_xmr.files import atomic_write_text, read_json_if_present
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -39,6 +39,8 @@ BEST_CHECKPOINT = "best.weights.h5"
 RUN_FILE = "independent.json"
 SHARED_FILE = "shared_state.npz"
 MODALITY_DIR = "modalities"
+#: The pid of the process writing the run directory, while it holds the run-directory lock (RunDirLock).
+WRITER_FILE = ".writer"
 
 
 def resolve_run_dir(config, config_path: str | None) -> str:
@@ -84,16 +86,28 @@ def prepare_run_dir(run_dir: str, config) -> bool:
     if os.path.exists(run_dir):
         if not os.path.isdir(run_dir):
             raise ConfigError(f"run_dir {run_dir} exists and is not a directory")
-        entries = set(os.listdir(run_dir))
+        entries = set(os.listdir(run_dir)) - {WRITER_FILE}
         if METRICS_FILE in entries:
+            # A kill between metrics.json and the removal of the epoch backups leaves them behind; they are junk now.
+            import shutil
+
+            shutil.rmtree(os.path.join(run_dir, "checkpoints", "backup"), ignore_errors=True)
             raise ConfigError(f"run_dir {run_dir} already holds a finished run (metrics.json); choose another run_dir")
         if entries and CONFIG_FILE not in entries:
             raise ConfigError(f"run_dir {run_dir} is not empty and is not a tf_xmr run; choose another run_dir")
         if entries:
             import yaml
 
-            with open(os.path.join(run_dir, CONFIG_FILE), encoding="utf-8") as handle:
-                previous = yaml.safe_load(handle)
+            path = os.path.join(run_dir, CONFIG_FILE)
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    previous = yaml.safe_load(handle)
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+                raise ConfigError(f"cannot read {path} of the interrupted run in run_dir {run_dir} "
+                                  f"({type(exc).__name__}); choose another run_dir") from None
+            if not isinstance(previous, dict):
+                raise ConfigError(f"{path} of the interrupted run in run_dir {run_dir} is not a config mapping; "
+                                  "choose another run_dir")
             if previous != resolved:
                 changed = sorted(diff_keys(previous, resolved))
                 raise ConfigError(
@@ -103,6 +117,56 @@ def prepare_run_dir(run_dir: str, config) -> bool:
             return True
     # Whether it can be created and written is checked by resume.check_run_dir, by trying (and undoing it).
     return False
+
+
+class RunDirLock:
+    """One writer per run directory: an exclusive ``flock`` on the directory itself, held while a run writes it.
+
+    The operating system releases the lock when the process ends however it ends, so a killed run never leaves a
+    stale lock behind. The holder's pid is written to ``.writer`` (removed on release) so that a second writer can
+    name it in its one-line refusal.
+    """
+
+    def __init__(self, run_dir: str):
+        self.run_dir = run_dir
+        self._fd: int | None = None
+
+    def acquire(self) -> RunDirLock:
+        import fcntl
+
+        fd = os.open(self.run_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            try:
+                with open(os.path.join(self.run_dir, WRITER_FILE), encoding="utf-8") as handle:
+                    holder = f"pid {handle.read().strip() or '?'}"
+            except OSError:
+                holder = "another process"
+            raise ConfigError(
+                f"run_dir {self.run_dir} is being written by another tf_xmr run ({holder}); wait for it to finish "
+                "or choose another run_dir"
+            ) from None
+        self._fd = fd
+        atomic_write_text(os.path.join(self.run_dir, WRITER_FILE), f"{os.getpid()}\n")
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            os.remove(os.path.join(self.run_dir, WRITER_FILE))
+        except FileNotFoundError:
+            pass
+        os.close(self._fd)  # closing the last descriptor releases the flock
+        self._fd = None
+
+    def __enter__(self) -> RunDirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def diff_keys(a, b, prefix=""):

@@ -187,9 +187,9 @@ def _scalar_tags(log_dir):
 def test_tensorboard_logs_every_loss_term(finished_run):
     run_dir, _ = finished_run
     tags = _scalar_tags(os.path.join(run_dir, "logs"))
-    expected = {f"train/epoch_embedding_{t}" for t in ("loss", "imi", "imd", "reg", "adv", "modality_accuracy")}
-    expected |= {"train/epoch_discriminator_loss", "train/epoch_discriminator_accuracy",
-                 "train/epoch_learning_rate_embedding", "train/epoch_learning_rate_discriminator",
-                 "train/epoch_grl_strength", "validation/epoch_map_i2t", "validation/epoch_map_t2i",
-                 "validation/epoch_map_avg"}
+    expected = {f"train/embedding_{t}" for t in ("loss", "imi", "imd", "reg", "adv", "modality_accuracy")}
+    expected |= {"train/discriminator_loss", "train/discriminator_accuracy",
+                 "train/learning_rate_embedding", "train/learning_rate_discriminator",
+                 "train/grl_strength", "validation/map_i2t", "validation/map_t2i",
+                 "validation/map_avg"}
     assert expected <= tags, sorted(expected - tags)

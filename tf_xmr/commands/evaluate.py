@@ -25,7 +25,12 @@ def main(argv=None, prog: str | None = None) -> int:
     parser.add_argument("--plot", metavar="FILE.png", help="write precision-recall and precision-scope curves")
     args = parser.parse_args(argv)
 
+    if args.plot:
+        from tf_xmr.metrics.plots import check_plot_path
+
+        check_plot_path(args.plot)  # before the model is loaded and the split embedded
     quiet_tensorflow()
+    from tf_xmr.errors import ConfigError
     from tf_xmr.evaluation import evaluate_run
     from tf_xmr.reporting import format_table
 
@@ -34,7 +39,10 @@ def main(argv=None, prog: str | None = None) -> int:
     if args.plot:
         from tf_xmr.metrics.plots import plot_curves
 
-        plot_curves(result["curves"], args.plot)
+        try:
+            plot_curves(result["curves"], args.plot)
+        except OSError as exc:  # a read-only or full file system, a folder where the file should go
+            raise ConfigError(f"--plot {args.plot}: cannot write it ({exc.strerror or exc})") from None
     if args.json:
         printable = {k: v for k, v in result.items() if k != "curves"}
         print(json.dumps(printable, indent=2))

@@ -29,6 +29,7 @@ import copy
 import dataclasses
 import difflib
 import functools
+import math
 import numbers
 import os
 import re
@@ -674,7 +675,17 @@ def _convert(value: Any, tp: Any, key: str, sources: SourceMap, spec: FieldSpec,
     raise TypeError(f"config field '{key}' has an unsupported annotation {tp!r}")
 
 
+# Every count, size and seed ends up in a TensorFlow int64 (or a NumPy uint32 seed, bounded in the schema), and no
+# config number is meaningful as inf or NaN: both are refused here, at load time, before anything is written.
+_INT64_MAX = 2**63 - 1
+
+
 def _check_range(value: float, key: str, sources: SourceMap, spec: FieldSpec, tp: type) -> float:
+    if tp is float and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}'{sources.where(key)} must be a finite number, got {_show(value)}")
+    if tp is int and abs(value) > _INT64_MAX:
+        raise ConfigError(f"config key '{key}'{sources.where(key)} must fit in a 64-bit integer "
+                          f"(|value| <= 2**63 - 1), got {value}")
     if spec.admits(value):
         return value
     raise ConfigError(f"config key '{key}'{sources.where(key)} must be {_describe(tp, spec)}, got {_show(value)}")

@@ -15,17 +15,19 @@ def main(argv=None, prog: str = "python -m tf_xmr.export") -> int:
     quiet_tensorflow()
     from tf_xmr.export import encoder_dir, export_encoder
     from tf_xmr.modeling import prepare_data, trained_encoders
-    from tf_xmr.run_dir import load_run_config, run_modalities
+    from tf_xmr.run_dir import RunDirLock, load_run_config, run_modalities
 
     config, feature_set = prepare_data(load_run_config(args.run_dir))
     scored = run_modalities(args.run_dir)
     if scored is not None:
         # Independent modality networks (e.g. SDML): each modality's own best checkpoint.
         feature_set = feature_set.select_modalities(scored)
-    for modality, encoder in trained_encoders(args.run_dir, config, feature_set).items():
-        path = export_encoder(encoder, encoder_dir(args.run_dir, modality), input_dim=int(feature_set.dims[modality]),
-                              l2_normalize=config.export.l2_normalize)
-        print(f"{modality}: {path}")
+    encoders = trained_encoders(args.run_dir, config, feature_set)
+    with RunDirLock(args.run_dir):  # one writer per run directory (a training run or another export)
+        for modality, encoder in encoders.items():
+            path = export_encoder(encoder, encoder_dir(args.run_dir, modality),
+                                  input_dim=int(feature_set.dims[modality]), l2_normalize=config.export.l2_normalize)
+            print(f"{modality}: {path}")
     return 0
 
 

@@ -9,6 +9,22 @@ import os
 import tempfile
 from pathlib import Path
 
+from tf_xmr.errors import ConfigError
+
+
+def check_plot_path(path) -> None:
+    """Refuse, before any work is done, a plot path whose suffix matplotlib cannot write (one line naming it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if suffix not in formats:
+        raise ConfigError(f"--plot {path}: unknown image format {('.' + suffix) if suffix else '(no suffix)'}; "
+                          f"use one of {', '.join('.' + f for f in sorted(formats))}")
+
 
 def plot_curves(curves: dict[str, dict], path) -> Path:
     """Draws precision-recall and precision-scope curves side by side and saves them as an image.

@@ -72,6 +72,9 @@ class RetrievalValidation(keras.callbacks.Callback):
         self.best_path = os.path.join(checkpoint_dir, "best.weights.h5")
         self.state_path = os.path.join(checkpoint_dir, "best.json")
         self.best = {"epoch": None, "val": None, "evaluations_since_best": 0}
+        #: Set by the fit to a callable that is true once training failed (the NaN guard stopped it): Keras still
+        #: ends the epoch, and scoring weights that are NaN would only bury the guard's message under a data error.
+        self.skip: Callable[[], bool] | None = None
 
     def restore(self, best: dict) -> None:
         """Continue with the state saved in a training backup (``tf_xmr.training.resume``), never with best.json:
@@ -81,6 +84,8 @@ class RetrievalValidation(keras.callbacks.Callback):
                      "evaluations_since_best": int(best["evaluations_since_best"])}
 
     def on_epoch_end(self, epoch, logs=None):
+        if self.skip is not None and self.skip():
+            return
         logs = logs if logs is not None else {}
         last = epoch + 1 == self.total_epochs
         if (epoch + 1) % self.every and not last:

@@ -109,6 +109,7 @@ def train_modality(config, feature_set, spec, state, modality: str, out_dir: str
         total_epochs=config.train.epochs, monitor="loss", mode="min",
     )
     nan_guard = cb.StopOnNonFinite()
+    validation.skip = lambda: nan_guard.failure is not None
     callbacks = [
         nan_guard,
         cb.TrainingStateLogger({modality: optimizer}, []),

@@ -13,7 +13,7 @@ import os
 
 from tf_xmr import modeling, scoring
 from tf_xmr import run_dir as layout
-from tf_xmr.errors import ConfigError, TrainingError
+from tf_xmr.errors import ConfigError, DataError, TrainingError
 
 log = logging.getLogger("tf_xmr.training")
 
@@ -98,6 +98,11 @@ class JointFit:
         from tf_xmr.training import resume
 
         self.config, self.feature_set = config, feature_set
+        if steps_per_epoch(config, feature_set.splits["train"]) == 0:
+            raise DataError(
+                f"the training split has {feature_set.splits['train'].num_examples()} items, fewer than one batch of "
+                f"train.batch_size={config.train.batch_size} with train.drop_remainder=true; lower train.batch_size"
+            )
         # Variables, optimiser slots and the compiled train step must belong to the strategy (mirrored variables).
         with self.dist.scope():
             self.model = modeling.build_model(config, spec)
@@ -152,6 +157,7 @@ class JointFit:
         callbacks, nan_guard = fit_callbacks(model, validation=validation if dist.is_chief else None,
                                              steps_per_epoch=steps, epochs=config.train.epochs,
                                              log_dir=os.path.join(run_dir, "logs"), extra=dist.callbacks())
+        validation.skip = lambda: nan_guard.failure is not None
         backup_dir = os.path.join(checkpoint_dir, "backup")
         state, self.resumed_from = resume.resume_state(resuming and self.backup, backup_dir, checkpoint_dir, model,
                                                        self.optimizers, validation, config.train.epochs,
@@ -173,8 +179,8 @@ class JointFit:
             dist.cleanup()
         if nan_guard.failure:
             raise TrainingError(
-                f"training stopped: {nan_guard.failure}; lower the learning rates or loss weights "
-                f"(run directory {run_dir} kept for inspection)"
+                f"training stopped: {nan_guard.failure}; lower the learning rates or loss weights (run directory "
+                f"{run_dir} kept for inspection: remove it or choose another run_dir to retry with other settings)"
             )
 
     def select(self, config, run_dir: str):

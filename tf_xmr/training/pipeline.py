@@ -20,10 +20,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import shutil
 
 from tf_xmr import modeling, scoring
 from tf_xmr import run_dir as layout
 from tf_xmr.config import dump_yaml
+from tf_xmr.errors import ConfigError
 from tf_xmr.files import write_json
 
 log = logging.getLogger("tf_xmr.training")
@@ -78,11 +80,32 @@ def train(config, *, config_path: str | None = None) -> RunResult:
     spec = modeling.data_spec(config, feature_set)
     config, run_dir, resuming, auto_named = stage.prepare(config, config_path, feature_set, spec)
 
-    # 2. The run directory.
+    # 2. The run directory, locked against a second writer for as long as this run writes it.
     if auto_named:
         run_dir = layout.claim_run_dir(run_dir)
         config = dataclasses.replace(config, run_dir=run_dir)
     os.makedirs(run_dir, exist_ok=True)
+    if not stage.is_chief:
+        # A non-chief worker of a multi-worker run writes only its own scratch folder.
+        return _run(stage, config, feature_set, run_dir, resuming)
+    with layout.RunDirLock(run_dir):
+        _check_unchanged(stage, config, run_dir, resuming, auto_named)
+        return _run(stage, config, feature_set, run_dir, resuming)
+
+
+def _check_unchanged(stage, config, run_dir: str, resuming: bool, auto_named: bool) -> None:
+    """What ``prepare`` decided about the run directory still holds now that this process owns it (another run may
+    have written it between the check and the lock)."""
+    if stage.extending:
+        if layout.read_run_record(run_dir) != stage.stored_record:
+            raise ConfigError(f"resume_from {run_dir} changed while this run was starting (another run extended "
+                              "it); run the command again")
+    elif not auto_named and layout.prepare_run_dir(run_dir, config) != resuming:
+        raise ConfigError(f"run_dir {run_dir} changed while this run was starting (another run wrote it); "
+                          "run the command again or choose another run_dir")
+
+
+def _run(stage, config, feature_set, run_dir: str, resuming: bool) -> RunResult:
     if not resuming and not stage.extending:
         dump_yaml(config, os.path.join(run_dir, layout.CONFIG_FILE))
         write_json(os.path.join(run_dir, "data.json"), feature_set.summary())
@@ -106,9 +129,13 @@ def train(config, *, config_path: str | None = None) -> RunResult:
     if config.export.enabled:
         from tf_xmr.export import encoder_dir, export_encoder
 
-        exports = {m: export_encoder(encoder, encoder_dir(run_dir, m), input_dim=int(feature_set.dims[m]),
-                                     l2_normalize=config.export.l2_normalize)
-                   for m, encoder in stage.export_encoders().items()}
+        for m, encoder in stage.export_encoders().items():
+            if resuming:
+                # Versions written by the interrupted attempt of this same unfinished run (metrics.json was never
+                # written, so nothing served them): the finished run has version 1, as an uninterrupted one.
+                shutil.rmtree(encoder_dir(run_dir, m), ignore_errors=True)
+            exports[m] = export_encoder(encoder, encoder_dir(run_dir, m), input_dim=int(feature_set.dims[m]),
+                                        l2_normalize=config.export.l2_normalize)
     stage.finish(config, run_dir)
     write_json(os.path.join(run_dir, layout.METRICS_FILE), metrics)
     stage.cleanup(config, run_dir)
