@@ -599,6 +599,8 @@ def split_validation(split: Split, fraction: float, seed: int) -> tuple[Split, S
         raise DataError("split_validation: split has no labels")
     if not 0.0 < float(fraction) < 1.0:
         raise DataError(f"validation fraction must be in (0, 1), got {fraction}")
+    if split.num_examples() == 0:
+        raise DataError("split_validation: the training split is empty, so no validation items can be held out")
     first = next(iter(split.labels))
     keep, held = stratified_split(split.labels[first], fraction, seed)
     if held.size == 0:

@@ -103,13 +103,38 @@ class ExportedEncoder:
         self.input_dim = int(spec.shape[-1])
 
     def __call__(self, features):
-        features = tf.convert_to_tensor(features, tf.float32)
+        """Embed ``features``: (batch, input_dim) numbers (array, nested lists or tensor) -> (batch, d_common).
+
+        Raises:
+            ModelInputError: input that is not numbers (strings, None, objects, ragged lists) or of the wrong shape.
+        """
+        features = self._as_float_tensor(features)
         if features.shape.rank != 2 or int(features.shape[-1]) != self.input_dim:
             raise ModelInputError(
                 f"exported model {self.path} takes features of shape (batch, {self.input_dim}), "
                 f"got {tuple(features.shape)}"
             )
         return self._fn(**{INPUT_NAME: features})[OUTPUT_NAME]
+
+    def _as_float_tensor(self, features) -> tf.Tensor:
+        # tf.convert_to_tensor raises TypeError or ValueError for non-numbers, depending on the input's type; both
+        # are a caller's mistake, reported as the project's input error with what was given.
+        expected = f"exported model {self.path} takes numeric features of shape (batch, {self.input_dim})"
+        if isinstance(features, (tf.Tensor, tf.Variable)):
+            dtype = features.dtype
+            if not (dtype.is_floating or dtype.is_integer or dtype.is_bool):
+                raise ModelInputError(f"{expected}, got a {dtype.name} tensor of shape {tuple(features.shape)}")
+            return tf.cast(features, tf.float32)
+        if isinstance(features, (str, bytes)):
+            raise ModelInputError(f"{expected}, got the {type(features).__name__} {features[:40]!r}")
+        try:
+            array = np.asarray(features)
+        except ValueError:  # numpy 2 refuses ragged nested sequences
+            raise ModelInputError(f"{expected}, got a ragged sequence (rows of different lengths)") from None
+        if array.dtype.kind not in "fiub":
+            what = "Python objects (None, dicts or mixed rows)" if array.dtype.kind == "O" else f"dtype {array.dtype}"
+            raise ModelInputError(f"{expected}, got {what} of shape {array.shape}")
+        return tf.convert_to_tensor(array, tf.float32)
 
 
 def load_exported(run_dir: str, modality: str, version: int | None = None) -> ExportedEncoder:
