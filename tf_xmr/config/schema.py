@@ -44,22 +44,51 @@ class SyntheticDataConfig:
 class ArraysDataConfig:
     """Generic .mat (v5 / v7.3) / .h5 / .npz feature files (``tf_xmr.data.load_arrays``).
 
-    Example (DSCMR-style files)::
+    Example (DSCMR-style files, one matrix per split)::
 
         arrays:
           paths: {train: data/train.mat, test: data/test.mat}
           keys:
             train: {image: train_img, text: train_txt, labels: train_lab}
             test: {image: test_img, text: test_txt, labels: test_lab}
+          class_names: [art, biology, geography, history, literature, media, music, royalty, sport, warfare]
+
+    Example (one .mat holding a struct ``data`` with one matrix per modality for every item and the splits as
+    MATLAB 1-based index vectors)::
+
+        arrays:
+          paths: {train: all.mat, test: all.mat}
+          keys:
+            train: {image: data.X1, text: data.X2, audio: data.X3, labels: data.Y}
+            test: {image: data.X1, text: data.X2, audio: data.X3, labels: data.Y}
+          indices: {train: data.train_idx, test: data.test_idx}
+          index_base: 1
     """
 
-    # Split name -> file; relative paths are taken from the working directory.
+    # Split name (train, test, and val if the file has one; otherwise data.val_fraction of train is held out) ->
+    # file. Relative paths are taken from the working directory; one file may serve several splits.
     paths: dict[str, str] = cfg_field(default_factory=dict)
-    # Split name -> {modality: key in the file, "labels": key}.
+    # Split name -> {modality: key, ..., labels: key}. Any number of modalities, named freely (image, text, audio,
+    # ...; not "labels"), the same in every split; their order is the feature set's. Each is an (items, dims) matrix.
+    # A key is a variable name, an HDF5 path (features/image) or a dotted path into a MATLAB struct (data.X1).
+    # Labels are class ids ((n,), (n, 1) or (1, n)) or (n, c) 0/1 rows: exactly one 1 per row (one-hot) is read as
+    # class ids, several make the set multi-label (relevance: sharing at least one class).
     keys: dict[str, dict[str, str]] = cfg_field(default_factory=dict)
-    # Subtracted from integer labels: 1 for MATLAB-style 1-based class ids.
+    # Subtracted from integer class ids: 1 for MATLAB-style 1-based ids (not applied to one-hot labels).
     label_base: int = cfg_field(0, ge=0)
+    # Class names in label order (label k is class_names[k]); their count is the number of classes, so classes
+    # absent from the files can be declared. null: placeholders class_0, class_1, ..., which are fine for retrieval
+    # but cannot be embedded: class embeddings from word vectors (JFSE, zero-shot) need the real names here.
     class_names: tuple[str, ...] | None = None
+    # Split name -> key of a vector of row numbers selecting that split's items from the arrays its keys name (for
+    # files that hold every item in one matrix per modality); splits not listed take every row. Splits reading the
+    # same arrays must not share a row.
+    indices: dict[str, str] = cfg_field(default_factory=dict)
+    # Subtracted from the row numbers in indices: 1 for MATLAB-style 1-based indices.
+    index_base: int = cfg_field(0, ge=0)
+    # auto: transpose the 2-D arrays of MATLAB v7.3 files (HDF5 holds MATLAB's n x d matrix as (d, n)); true:
+    # transpose every 2-D array (files that store items as columns, (dims, items)); false: none.
+    transpose: bool | Literal["auto"] = "auto"
 
 
 @dataclasses.dataclass(frozen=True)

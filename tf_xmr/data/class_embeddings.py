@@ -13,7 +13,9 @@ JFSE (and any zero-shot method) conditions on, and regresses onto, a (c, e) clas
 - ``one_hot``: the c x c identity; fine for standard retrieval, useless for zero-shot (it says nothing about an
   unseen class).
 
-A class name with no word in the vocabulary is an error listing every such name (``DataError``: one line, exit 2).
+A class name with no word in the vocabulary is an error listing every such name (``DataError``: one line, exit 2),
+and so are placeholder names (``class_0``, ``class_1``, ... which loaders invent when the data names no classes) for
+the two word-vector sources (``ConfigError``: name the classes, or use ``one_hot``).
 """
 
 from __future__ import annotations
@@ -172,6 +174,28 @@ def embed_class_names(class_names: Sequence[str], keyed_vectors, *, phrases: Map
     return np.asarray(rows, np.float32)
 
 
+#: The names loaders invent when the data names no classes (``class_0``, ``class_1``, ...).
+PLACEHOLDER_NAME = re.compile(r"class_\d+")
+
+
+def _refuse_placeholder_names(class_names: Sequence[str], source: str) -> None:
+    """Word vectors of a placeholder name embed vec("class") + vec(k): a vector per class that trains without a
+    warning and means nothing, which JFSE and zero-shot retrieval would then condition on.
+
+    Raises:
+        ConfigError: one line naming the placeholders and the two ways out.
+    """
+    placeholders = [name for name in class_names if PLACEHOLDER_NAME.fullmatch(name)]
+    if placeholders:
+        shown = ", ".join(placeholders[:3]) + (f", ... {placeholders[-1]}" if len(placeholders) > 3 else "")
+        raise ConfigError(
+            f"data.class_embeddings.source is {source!r}, which embeds the class names, but {len(placeholders)} of "
+            f"the {len(class_names)} classes have placeholder names ({shown}) because the data names none; name the "
+            f"classes in label order (data.arrays.class_names: [cat, dog, ...] for arrays files) or use "
+            f"data.class_embeddings.source: one_hot"
+        )
+
+
 def class_embeddings_for(class_names: Sequence[str], existing: np.ndarray | None, config) -> np.ndarray | None:
     """The class-embedding matrix a ``ClassEmbeddingConfig`` asks for.
 
@@ -182,12 +206,18 @@ def class_embeddings_for(class_names: Sequence[str], existing: np.ndarray | None
 
     Returns:
         (c, e) float32, or ``existing`` for ``source: dataset``.
+
+    Raises:
+        ConfigError: a word-vector source with placeholder class names (``class_0`` ...), or no ``path`` set.
+        DataError: the word-vector file is unreadable, or a class name has no word in its vocabulary.
     """
     source = config.source
     if source == "dataset":
         return existing
     if source == "one_hot":
         return np.eye(len(class_names), dtype=np.float32)
+    if source in ("word_vectors", "glove_6b_50d"):
+        _refuse_placeholder_names(class_names, source)
     if source == "word_vectors":
         if not config.path:
             raise ConfigError("data.class_embeddings.source is 'word_vectors' but data.class_embeddings.path is not set")

@@ -99,6 +99,9 @@ def _load_features(data_config, seed: int):
             class_names=arrays.class_names,
             val_fraction=data_config.val_fraction,
             seed=seed,
+            transpose=arrays.transpose,
+            indices=dict(arrays.indices),
+            index_base=arrays.index_base,
         )
     if source == "records":
         from tf_xmr.data.records import load_records

@@ -289,7 +289,7 @@ def verify_records(feature_set: FeatureSet) -> None:
         for m in [None] if split.paired else list(split.modalities):
             n = split.num_examples(m)
             family = f"split {split_name!r}" + ("" if m is None else f" modality {m!r}")
-            for path, expected in zip(split.files(m), shard_counts(n, split.num_shards)):
+            for path, expected in zip(split.files(m), shard_counts(n, split.num_shards), strict=True):
                 try:
                     found = int(count(path))
                 except tf.errors.DataLossError as e:
