@@ -116,25 +116,29 @@ def test_load_feature_set_attaches_the_configured_embeddings(tmp_path):
     assert load_feature_set(_synthetic_data_config(), seed=0).class_embeddings.shape == (3, 5)
     assert load_feature_set(_synthetic_data_config(source="one_hot"), seed=0).class_embeddings.shape == (3, 3)
     path = tmp_path / "names.txt"
-    # GloVe text; "class_k" is embedded as the mean of "class" and "k".
     path.write_text("class 1 1\n0 1 0\n1 0 1\n2 3 3\n", encoding="utf-8")
-    fs = load_feature_set(_synthetic_data_config(source="word_vectors", path=str(path)), seed=0)
-    np.testing.assert_allclose(fs.class_embeddings, [[1, 0.5], [0.5, 1], [2, 2]])
+    # The synthetic classes are named class_0, class_1, ...: placeholders, which word vectors cannot embed
+    # (averaging real names' words: tests/reliability/test_own_arrays.py).
+    with pytest.raises(ConfigError, match="placeholder names"):
+        load_feature_set(_synthetic_data_config(source="word_vectors", path=str(path)), seed=0)
 
 
 def test_unknown_class_names_stop_a_run_before_anything_is_written(tmp_path):
     # The CLIs turn an XmrError into "error: <message>" and exit status 2 (tests/training cover that path).
     path = tmp_path / "vectors.txt"
     path.write_text("zebra 1 0\n", encoding="utf-8")
+    with pytest.raises(DataError) as info:
+        class_embeddings_for(["zebra", "okapi", "gnu"], None, ClassEmbeddingConfig("word_vectors", path=str(path)))
+    message = str(info.value)
+    assert info.value.exit_code == 2 and "\n" not in message
+    assert message.startswith("class names not in the vocabulary") and "'okapi'" in message and "'gnu'" in message
+    # Through a whole run: the synthetic set's placeholder names are refused before anything is written.
     config = load_experiment("configs/acmr.yaml", [
         f"run_dir={tmp_path / 'run'}", "data.class_embeddings.source=word_vectors", f"data.class_embeddings.path={path}",
         "data.synthetic.dims={image: 8, text: 4}", "data.synthetic.num_train=100", "data.synthetic.num_test=30",
     ])
-    with pytest.raises(DataError) as info:
+    with pytest.raises(ConfigError, match="data.class_embeddings.source is 'word_vectors'"):
         train(config, config_path="configs/acmr.yaml")
-    message = str(info.value)
-    assert info.value.exit_code == 2 and "\n" not in message
-    assert message.startswith("class names not in the vocabulary") and "'class_1'" in message and "'class_9'" in message
     assert not os.path.exists(tmp_path / "run")
 
 

@@ -204,3 +204,30 @@ def test_plot_path_checked_before_any_work(path, message):
 
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         check_plot_path(path)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 200 KiB tmpfs; skipped where this process may not mount one (it needs root and a kernel that allows it)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip() or result.returncode}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_disk_full_at_the_best_checkpoint_is_one_line_and_resumable(small_disk):
+    run_dir = small_disk / "run"
+    # A model whose checkpoint (about 1 MiB) cannot fit; the free-space check before training is turned off
+    # (disk_margin 0) so that the write itself meets the full disk.
+    config = _config(run_dir, "train.disk_margin=0", "model.hidden_units={image: [512], text: [256]}")
+    from tf_xmr.training.callbacks import CheckpointWriteError
+
+    with pytest.raises(CheckpointWriteError, match=r"cannot write the checkpoint .*best.weights.h5: about [\d.]+ MiB "
+                                                   r"needed, [\d.]+ MiB free; free some space and rerun"):
+        train(config)
+    # No partial file: what an interrupted run has, which the same command resumes once there is space.
+    assert _listing(run_dir) == ["config.yaml", "data.json"]

@@ -40,6 +40,26 @@ def versions(model_dir: str) -> list[int]:
     return sorted(int(name) for name in os.listdir(model_dir) if re.fullmatch(r"\d+", name))
 
 
+def _remove_stale_temporaries(model_dir: str) -> None:
+    """Remove ``.tmp-<version>-<pid>`` folders of exports whose process is gone (killed mid-export)."""
+    for name in os.listdir(model_dir):
+        match = re.fullmatch(r"\.tmp-\d+-(\d+)", name)
+        if match and not _alive(int(match.group(1))):
+            shutil.rmtree(os.path.join(model_dir, name), ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def export_encoder(encoder: keras.Model, model_dir: str, *, input_dim: int, l2_normalize: bool = False,
                    version: int | None = None) -> str:
     """Write one encoder as a versioned SavedModel with a ``serving_default`` signature.
@@ -59,6 +79,7 @@ def export_encoder(encoder: keras.Model, model_dir: str, *, input_dim: int, l2_n
     if os.path.exists(final):
         raise ModelInputError(f"export version folder {final} already exists")
     os.makedirs(model_dir, exist_ok=True)
+    _remove_stale_temporaries(model_dir)
     tmp = os.path.join(model_dir, f".tmp-{version}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
 
@@ -97,9 +118,14 @@ class ExportedEncoder:
         if not os.path.exists(os.path.join(path, "saved_model.pb")):
             raise ModelInputError(f"{path} is not a SavedModel folder (no saved_model.pb)")
         self.path = path
-        self._loaded = tf.saved_model.load(path)
-        self._fn = self._loaded.signatures[SIGNATURE]
-        spec = self._fn.structured_input_signature[1][INPUT_NAME]
+        try:
+            self._loaded = tf.saved_model.load(path)
+            self._fn = self._loaded.signatures[SIGNATURE]
+            spec = self._fn.structured_input_signature[1][INPUT_NAME]
+        except (OSError, ValueError, KeyError, tf.errors.OpError) as exc:
+            # A corrupt saved_model.pb, a missing variables/ folder, or a SavedModel of another kind.
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ModelInputError(f"{path} is not a readable tf_xmr encoder SavedModel ({reason})") from None
         self.input_dim = int(spec.shape[-1])
 
     def __call__(self, features):

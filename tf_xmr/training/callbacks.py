@@ -7,11 +7,14 @@ import json
 import logging
 import math
 import os
+import re
+import shutil
 from collections.abc import Callable
 
 import keras
 import numpy as np
 
+from tf_xmr.errors import XmrError
 from tf_xmr.files import atomic_write_text
 
 log = logging.getLogger("tf_xmr.training")
@@ -29,13 +32,59 @@ def atomic_save_weights(model: keras.Model, path: str) -> None:
     tmp = os.path.join(directory, f".tmp-{os.getpid()}-{name}")
     if os.path.lexists(tmp):
         os.remove(tmp)
+    # HDF5 does not survive running out of space mid-write (measured: an h5py traceback at garbage collection, then
+    # a segfault at exit), so a write that cannot fit is refused before it starts. The file is the weights' bytes
+    # plus HDF5 metadata, which stays well under the margin for these models.
+    needed = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.weights) * 1.05 + (256 << 10)
+    free = shutil.disk_usage(directory).free
+    if free < needed:
+        raise CheckpointWriteError(f"cannot write the checkpoint {path}: about {needed / 2**20:.1f} MiB needed, "
+                                   f"{free / 2**20:.1f} MiB free; free some space and rerun the same command to resume")
     try:
         model.save_weights(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        reason = _write_failure(exc)
+        if reason is not None:
+            # The failed write's h5py objects live on in the traceback; freed here, their close fails the same way
+            # and h5py would print that as an "Exception ignored" traceback after our one line.
+            exc.__traceback__ = None
+            _collect_quietly()
         if os.path.lexists(tmp):
             os.remove(tmp)
+        if reason is not None:  # disk full, quota, a read-only file system: the operator's to fix, one line
+            raise CheckpointWriteError(f"cannot write the checkpoint {path}: {reason}; free some space and rerun "
+                                       "the same command to resume") from None
         raise
+
+
+def _collect_quietly() -> None:
+    import gc
+    import sys
+
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda _: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = hook
+
+
+def _write_failure(exc: BaseException) -> str | None:
+    """The reason of a failed file write, or None for any other error (a bug keeps its traceback)."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    # h5py reports a failed write at flush time as a RuntimeError quoting the C library's message.
+    if isinstance(exc, RuntimeError) and "write failed" in str(exc):
+        found = re.search(r"error message = '([^']*)'", str(exc))
+        return found.group(1) if found else "write failed"
+    return None
+
+
+class CheckpointWriteError(XmrError):
+    """A checkpoint could not be written (disk full); training stops, the previous checkpoint and backup stay."""
+
+    exit_code = 1
 
 
 class RetrievalValidation(keras.callbacks.Callback):
