@@ -76,6 +76,8 @@ def add_override_argument(parser: argparse.ArgumentParser) -> None:
 def run(main: Callable[[], int | None]) -> None:
     """Run ``main`` under the error contract and exit with its status."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # TensorFlow's own Python INFO lines (checkpoint sharding timings, asset paths) are for its developers.
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)
     from tf_xmr.errors import XmrError
 
     try:

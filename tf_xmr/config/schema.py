@@ -185,7 +185,8 @@ class TrainConfig:
     drop_remainder: bool = False
     # Shuffle buffer for training; null = the whole split (in-memory) or 10,000 (records).
     shuffle_buffer: int | None = cfg_field(None, ge=1)
-    # Keras progress output: 0 silent, 1 progress bar, 2 one line per epoch.
+    # Training progress: 0 silent, 1 a live line per epoch on a terminal, 2 one line per epoch (the total losses and
+    # seconds; every logged value is in TensorBoard).
     verbose: int = cfg_field(1, ge=0, le=2)
     # Save the whole training state at the end of EVERY EPOCH (after validation) so that rerunning the same command
     # on the same run_dir continues an interrupted run (tf_xmr.training.resume): every variable incl. RNG states,

@@ -17,12 +17,10 @@ is staged in ``modalities/<new>.partial/`` and renamed when complete, and metric
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import datetime
 import json
 import logging
-import multiprocessing
 import os
 import resource
 import shutil
@@ -33,7 +31,13 @@ from tf_xmr.config import dump_yaml, to_dict
 from tf_xmr.errors import ConfigError, DataError, TrainingError
 from tf_xmr.files import file_sha256, read_json_if_present, tree_hashes, write_json
 from tf_xmr.run_dir import (
-    MODALITY_DIR, RUN_FILE, SHARED_FILE, load_shared_state, modality_dir, read_run_record, save_shared_state,
+    MODALITY_DIR,
+    RUN_FILE,
+    SHARED_FILE,
+    load_shared_state,
+    modality_dir,
+    read_run_record,
+    save_shared_state,
 )
 
 log = logging.getLogger("tf_xmr.training")
@@ -111,6 +115,7 @@ def train_modality(config, feature_set, spec, state, modality: str, out_dir: str
     nan_guard = cb.StopOnNonFinite()
     validation.skip = lambda: nan_guard.failure is not None
     callbacks = [
+        cb.ProgressLine(config.train.verbose, config.train.epochs, steps),
         nan_guard,
         cb.TrainingStateLogger({modality: optimizer}, []),
         validation,
@@ -119,9 +124,9 @@ def train_modality(config, feature_set, spec, state, modality: str, out_dir: str
     callbacks.extend(extra_callbacks)
     backup_dir = os.path.join(checkpoint_dir, "backup")
     optimizers = {modality: optimizer}
-    state, resumed_from = resume.resume_state(config.train.backup and os.path.isdir(backup_dir), backup_dir, checkpoint_dir,
-                                       net, optimizers, validation, config.train.epochs,
-                                       f"the interrupted {modality} network in {out_dir}")
+    state, resumed_from = resume.resume_state(config.train.backup and os.path.isdir(backup_dir), backup_dir,
+                                              checkpoint_dir, net, optimizers, validation, config.train.epochs,
+                                              f"the interrupted {modality} network in {out_dir}")
     if config.train.backup:
         callbacks.append(resume.training_checkpoint(  # last: it saves the epoch's validation state too
             backup_dir, optimizers=optimizers, validation=validation, resumed_from=resumed_from,
@@ -137,7 +142,7 @@ def train_modality(config, feature_set, spec, state, modality: str, out_dir: str
             drop_remainder=config.train.drop_remainder, shuffle_buffer=config.train.shuffle_buffer,
         )
         history = net.fit(train_ds, epochs=config.train.epochs, initial_epoch=first_epoch, steps_per_epoch=steps,
-                          callbacks=callbacks, verbose=config.train.verbose, shuffle=False)
+                          callbacks=callbacks, verbose=0, shuffle=False)
         epochs_run = len(history.epoch)
     seconds = time.perf_counter() - start
     if nan_guard.failure:

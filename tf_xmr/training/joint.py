@@ -46,10 +46,11 @@ def training_stream(model, config, feature_set, *, first_epoch: int, epochs: int
     return model.prepare_training_stream(stream, one_pass=one_pass, first_step=first_epoch * steps_per_epoch)
 
 
-def fit_callbacks(model, *, validation, steps_per_epoch: int, epochs: int, log_dir: str, extra=()):
+def fit_callbacks(model, *, validation, steps_per_epoch: int, epochs: int, log_dir: str, extra=(), verbose: int = 0):
     """The callbacks every fit of a jointly trained model uses (train.py and tune.py), in the order that matters.
 
-    GRL schedule first (it sets the strength the step reads), the NaN guard, the optimiser/GRL state logger, then
+    The progress line first (its epoch summary must end its line before anything else logs), the GRL schedule (it
+    sets the strength the step reads), the NaN guard, the optimiser/GRL state logger, then
     ``validation`` (a ``RetrievalValidation``, or None on a non-chief worker), ``extra``, and TensorBoard last so
     that it logs the ``val_map_*`` entries validation adds to the epoch logs.
 
@@ -69,6 +70,7 @@ def fit_callbacks(model, *, validation, steps_per_epoch: int, epochs: int, log_d
         callbacks.append(validation)
     callbacks += list(extra)
     callbacks.append(cb.TensorBoard(log_dir=log_dir, write_graph=False, update_freq="epoch"))
+    callbacks.insert(0, cb.ProgressLine(verbose, epochs, steps_per_epoch))
     return callbacks, nan_guard
 
 
@@ -156,7 +158,8 @@ class JointFit:
         # Only the chief evaluates; dist.callbacks() then shares its early-stopping decision with the other workers.
         callbacks, nan_guard = fit_callbacks(model, validation=validation if dist.is_chief else None,
                                              steps_per_epoch=steps, epochs=config.train.epochs,
-                                             log_dir=os.path.join(run_dir, "logs"), extra=dist.callbacks())
+                                             log_dir=os.path.join(run_dir, "logs"), extra=dist.callbacks(),
+                                             verbose=config.train.verbose if dist.is_chief else 0)
         validation.skip = lambda: nan_guard.failure is not None
         backup_dir = os.path.join(checkpoint_dir, "backup")
         state, self.resumed_from = resume.resume_state(resuming and self.backup, backup_dir, checkpoint_dir, model,
@@ -173,7 +176,7 @@ class JointFit:
             train_ds = training_stream(model, config, feature_set, first_epoch=first_epoch,
                                        epochs=config.train.epochs, steps_per_epoch=steps)
             model.fit(dist.prepare_dataset(train_ds), epochs=config.train.epochs, initial_epoch=first_epoch,
-                      steps_per_epoch=steps, callbacks=callbacks, verbose=config.train.verbose,
+                      steps_per_epoch=steps, callbacks=callbacks, verbose=0,
                       shuffle=False)  # the tf.data pipeline shuffles (seeded); Keras must not
         if not dist.is_chief:
             dist.cleanup()

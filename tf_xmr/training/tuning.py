@@ -395,11 +395,11 @@ def _fit_trial(search: Search, config: ExperimentConfig, model, trial_dir: str, 
     # The same callbacks and batch stream as train.py (a Hyperband continuation starts at its initial_epoch, in the
     # order an uninterrupted run would have reached there); keras_tuner's own callbacks go before TensorBoard.
     callbacks, nan_guard = joint.fit_callbacks(model, validation=validation, steps_per_epoch=steps, epochs=epochs,
-                                                 log_dir=logs_dir, extra=extra_callbacks)
+                                                 log_dir=logs_dir, extra=extra_callbacks, verbose=config.train.verbose)
     train_ds = joint.training_stream(model, config, feature_set, first_epoch=initial_epoch, epochs=epochs,
                                        steps_per_epoch=steps)
     model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch, steps_per_epoch=steps, callbacks=callbacks,
-              verbose=config.train.verbose, shuffle=False)
+              verbose=0, shuffle=False)
     if nan_guard.failure:
         # FailedTrialError: keras_tuner records the trial as FAILED and moves on to the next one.
         raise kt.errors.FailedTrialError(f"training stopped: {nan_guard.failure}")
