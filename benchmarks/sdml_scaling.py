@@ -5,8 +5,12 @@
 Prints three tables:
 
 1. Wall time of training the five networks one after another in one process (SDML-2) vs in parallel worker
-   processes (SDML-3: one per modality, and one per core), and of the joint model that trains all five in one graph
-   (SDML-1: one step = one batch of every modality, spec 12.18). Same epochs, same data, exports off.
+   processes (SDML-3: 1 worker, 2 workers, one per modality; each worker gets cores // workers TensorFlow threads),
+   and of the joint model that trains all five in one graph (SDML-1: one step = one batch of every modality, spec
+   12.18). Same epochs, same data, exports off. Below it, one network (image) alone in a fresh process with 1
+   thread and with every core: how well TensorFlow spreads one network over the cores, which decides whether
+   splitting the cores between workers can pay off. The line after says what ``parallel_modalities: auto`` picks
+   on this machine (tf_xmr/training/workers.py).
 2. Peak memory of training one modality's network vs the joint model, each in a fresh process: the resident set once
    TensorFlow and the data are loaded, and the peak above it while training (the kernel's peak mark is reset after
    loading, because generating the 4096-d synthetic data peaks higher than any training does).
@@ -73,9 +77,14 @@ def worker(args) -> int:
     """One measurement in this (fresh) process; prints one JSON line."""
     import tensorflow as tf
 
+    if args.threads:
+        # As a worker process does: before TensorFlow runs its first op, which fixes the thread pools.
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+
     from tf_xmr.experiment import load_experiment
     from tf_xmr.training import independent
-    from tf_xmr.modeling import build_optimizer, data_spec, load_data
+    from tf_xmr.modeling import build_optimizer, data_spec, load_data, modality_optimizer_config
 
     config = load_experiment(args.config, _overrides(args, None))
     feature_set = load_data(config)
@@ -92,7 +101,7 @@ def worker(args) -> int:
         with tempfile.TemporaryDirectory() as out:
             summary = independent.train_modality(config, feature_set, spec, state, args.modality, out)
         print(json.dumps({"what": f"one:{args.modality}", "rss_mb": _rss_mb(), "loaded_mb": loaded,
-                          "seconds": summary["seconds"]}))
+                          "seconds": summary["seconds"], "threads": args.threads}))
         return 0
     # Joint (SDML-1): every network in one model and one graph; each step takes one batch of every modality
     # (smaller modalities cycle, reshuffled), an epoch = ceil(n_max / batch) steps.
@@ -103,7 +112,7 @@ def worker(args) -> int:
     tf.keras.utils.set_random_seed(config.seed)
     model = SDML(config.model, spec, shared=state)
     model.build_for_training()
-    model.compile({m: build_optimizer(independent.optimizer_config(config, m), name=f"{m}_optimizer")
+    model.compile({m: build_optimizer(modality_optimizer_config(config, m), name=f"{m}_optimizer")
                    for m in spec.modalities}, jit_compile=config.train.jit_compile)
     train = feature_set.splits["train"]
     batch = config.train.batch_size
@@ -153,6 +162,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="parent folder of the run directories (default: a temp folder)")
     parser.add_argument("--worker", choices=("baseline", "one", "joint"), help=argparse.SUPPRESS)
     parser.add_argument("--modality", default="image", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--skip", nargs="*", default=[], choices=("time", "memory", "add"))
     args = parser.parse_args(argv)
     if args.worker:
@@ -166,11 +176,14 @@ def main(argv=None) -> int:
     modalities = list(base.data.synthetic.dims)
     print(f"config {args.config}, {args.epochs} epochs, modalities {modalities}, os.cpu_count()={os.cpu_count()}")
     print(f"dims {dict(base.data.synthetic.dims)}, fractions {dict(base.data.synthetic.modality_fractions)}")
+    from tf_xmr.training import workers
+
+    cores = workers.available_cores()
     runs = {}
-    modes = [("sequential", ["train.parallel_modalities=false"]),
-             ("parallel, one worker per modality", ["train.parallel_modalities=true"]),
-             (f"parallel, {os.cpu_count()} workers", ["train.parallel_modalities=true",
-                                                     f"train.max_workers={os.cpu_count()}"])]
+    counts = sorted({1, 2, len(modalities)})
+    modes = [("sequential", ["train.parallel_modalities=false"])] + [
+        (f"parallel, {n} worker{'s' if n > 1 else ''}", ["train.parallel_modalities=true", f"train.max_workers={n}"])
+        for n in counts]
     if "time" in args.skip:
         modes = modes[:1]  # Table C needs only the sequential five-modality run to extend
     if "time" not in args.skip or "add" not in args.skip:
@@ -184,15 +197,25 @@ def main(argv=None) -> int:
         joint = _measure(args, "--worker", "joint")
         seq = runs["sequential"]["metrics"]["training"]["wall_seconds"]
         print()
-        print("Table A: wall time of training all networks (seconds; 'training' excludes data loading and scoring)")
-        print("| mode | training | whole run | vs sequential | test map_avg |")
-        print("|---|---|---|---|---|")
+        print(f"Table A: wall time of training all networks on {cores} cores (seconds; 'training' includes the "
+              "workers' start-up and data loading, not the scoring)")
+        print("| mode | workers | threads per worker | training | whole run | vs sequential | test map_avg |")
+        print("|---|---|---|---|---|---|---|")
         for name, run in runs.items():
-            wall = run["metrics"]["training"]["wall_seconds"]
-            print(f"| {name} | {wall:.1f} | {run['total']:.1f} | {wall / seq:.2f}x | "
-                  f"{run['metrics']['test']['map_avg']:.4f} |")
-        print(f"| joint model, all networks in one graph (SDML-1) | {joint['seconds']:.1f} | | "
-              f"{joint['seconds'] / seq:.2f}x | |")
+            training = run["metrics"]["training"]
+            wall = training["wall_seconds"]
+            threads = training.get("threads_per_worker") or f"{cores} (TF default)"
+            print(f"| {name} | {training.get('workers', 0)} | {threads} | {wall:.1f} | {run['total']:.1f} | "
+                  f"{wall / seq:.2f}x | {run['metrics']['test']['map_avg']:.4f} |")
+        print(f"| joint model, all networks in one graph (SDML-1) | 0 | {cores} (TF default) | {joint['seconds']:.1f} "
+              f"| | {joint['seconds'] / seq:.2f}x | |")
+        one = {t: _measure(args, "--worker", "one", "--modality", "image", "--threads", str(t))
+               for t in sorted({1, cores})}
+        print("one image network alone, fresh process (training seconds): "
+              + ", ".join(f"{t} thread(s) {r['seconds']:.1f}" for t, r in one.items())
+              + (f"; speed-up {one[1]['seconds'] / one[cores]['seconds']:.2f}x on {cores} cores" if cores > 1 else ""))
+        plan = workers.plan_workers(cores=cores, gpus=workers.visible_gpus(), networks=len(modalities), mode="auto")
+        print(f"parallel_modalities=auto here: {plan.describe(len(modalities))}")
         per = runs["sequential"]["metrics"]["training"]["modalities"]
         print("per-modality training time, sequential (s): "
               + ", ".join(f"{m} {per[m]['seconds']:.1f}" for m in modalities))

@@ -4,13 +4,16 @@ many, with how many threads) and the process pool that runs it.
 ``train.parallel_modalities`` is ``true`` (always worker processes), ``false`` (always one network after the other
 in this process) or ``auto`` (the default): :func:`plan_workers` decides from the cores and GPUs this process may use.
 
-The auto rule and the measurement behind it (``benchmarks/sdml_scaling.py``, 5-modality synthetic set, 3 epochs,
-2 cores, no GPU; see the README's SDML scaling table):
+The auto rule and the measurement behind it (``benchmarks/sdml_scaling.py --epochs 3``, 5-modality synthetic set,
+2 cores, no GPU, 2026-12-03; the machine was shared, load average ~12, so the seconds are inflated):
 
 * Parallel workers only pay off where each one has a device or cores that one network cannot use on its own.
-  On 2 cores every parallel mode was slower than sequential training, because one network already keeps both cores
-  busy through TensorFlow's thread pools: a worker with 1 thread trains a network about as slowly as two networks
-  train one after the other with 2 threads, and every worker pays TensorFlow start-up and data loading on top.
+  On 2 cores every parallel mode was slower than sequential training (training seconds, workers set up once each
+  and the cores split between them): sequential 225; 1 worker x 2 threads 239 (1.06x); 2 workers x 1 thread 249
+  (1.10x); 5 workers x 1 thread 339 (1.50x). One network already uses both cores through TensorFlow's thread
+  pools (the image network alone: 51 s with 1 thread, 43 s with 2), so splitting them only slows each network
+  down (image 111 s in a 1-thread worker against 81 s sequentially), and every worker adds TensorFlow start-up
+  and its own copy of the data.
 * So, CPU only (or a single GPU, which the workers would share): ``workers = min(networks, cores //
   MIN_THREADS_PER_WORKER, max_workers)``, and sequential when that is below 2. With ``MIN_THREADS_PER_WORKER = 4``
   that is sequential below 8 cores. The floor of 4 is NOT measured (this machine has 2 cores); it is chosen so that
@@ -33,7 +36,7 @@ log = logging.getLogger("tf_xmr.training")
 #: The fewest TensorFlow threads a CPU worker must keep for auto to choose workers (see the module docstring).
 MIN_THREADS_PER_WORKER = 4
 #: The measurement the auto rule is based on, quoted in the log line when auto falls back to sequential.
-MEASURED = "parallel was 1.35-2.2x slower than sequential on 2 cores (benchmarks/sdml_scaling.py)"
+MEASURED = "every parallel mode was 1.06-1.50x slower than sequential on 2 cores (benchmarks/sdml_scaling.py)"
 
 
 @dataclasses.dataclass(frozen=True)
