@@ -46,6 +46,7 @@ def _encoder(dim_in=12, dim_out=5, standardize="zscore"):
     return encoder
 
 
+@pytest.mark.slow
 def test_round_trip_in_a_fresh_process(tmp_path):
     encoder = _encoder()
     path = export_encoder(encoder, str(tmp_path / "image_encoder"), input_dim=12)
@@ -67,6 +68,8 @@ def test_round_trip_in_a_fresh_process(tmp_path):
     np.testing.assert_allclose(served, encoder(features, training=False).numpy(), atol=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_saved_model_cli_lists_the_signature(tmp_path):
     path = export_encoder(_encoder(), str(tmp_path / "image_encoder"), input_dim=12)
     cli = shutil.which("saved_model_cli", path=os.path.dirname(sys.executable)) or shutil.which("saved_model_cli")

@@ -4,6 +4,7 @@ wiring, generator signs, the sequence text path, config errors, and one tiny run
 import json
 import os
 
+import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -95,8 +96,8 @@ def test_attention_switches_and_inter_attention_uses_the_partner():
 def test_players_own_their_submodels_and_the_second_encoder_layer_is_shared():
     model = _compiled(_config())
     generator, discriminator = model.players()
+    # Disjoint players that cover every trainable variable, each listed once: tests/methods/test_contract.py.
     gen, disc = variable_ids(generator.variables), variable_ids(discriminator.variables)
-    assert not gen & disc and len(gen) == len(generator.variables)
     expected_disc = [v for m in ("image", "text") for d in (model.intra_discriminators[m],
                                                             model.inter_discriminators[m])
                      for v in d.trainable_variables]
@@ -108,7 +109,6 @@ def test_players_own_their_submodels_and_the_second_encoder_layer_is_shared():
             assert variable_ids(part.trainable_variables) <= gen
         # The encoders hold the same shared layer object, not a copy.
         assert model.encoders[m].shared_layer is model.shared_layer
-    assert variable_ids(model.trainable_variables) == gen | disc
     # Class prototypes are weights (checkpointed, exported) but nobody's gradient target.
     assert not variable_ids([model.zeta_prototypes["image"].prototypes]) & (gen | disc)
 
@@ -231,7 +231,9 @@ def test_shipped_configs_load():
         assert config.model.retrieval_intra_reference.startswith("prototype")
 
 
-def test_train_cli_end_to_end_and_export_round_trip(tmp_path):
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_train_cli_end_to_end(tmp_path):
     run_dir = str(tmp_path / "da_gan")
     overrides = [
         f"run_dir={run_dir}", "train.epochs=2", "train.backup=false", "train.verbose=2", "train.batch_size=32",
@@ -246,15 +248,12 @@ def test_train_cli_end_to_end_and_export_round_trip(tmp_path):
     assert metrics["method"] == "da_gan" and 0.0 <= metrics["test"]["map_avg"] <= 1.0
     for key in ("generator_semantic_image", "generator_gan2_text", "discriminator_intra_image_accuracy"):
         assert key in result.stdout, key
-
-    # The exported encoder (prototypes baked in) equals the Keras retrieval encoder of the selected checkpoint.
-    from tf_xmr.export import load_exported
-    from tf_xmr.modeling import build_model, data_spec, load_data
-
-    config = load_experiment(os.path.join(ROOT, "configs/da_gan.yaml"), overrides)
-    model = build_model(config, data_spec(config, load_data(config)))
-    model.load_weights(os.path.join(run_dir, "checkpoints", "best.weights.h5"))
-    assert float(np.abs(model.zeta_prototypes["image"].prototypes.numpy()).sum()) > 0
-    features = np.random.default_rng(1).normal(size=(5, 32)).astype(np.float32)
-    exported = load_exported(run_dir, "image")
-    np.testing.assert_allclose(exported(features).numpy(), model.encoders["image"](features).numpy(), atol=1e-5)
+    # The trained class prototypes are in the selected checkpoint (they are weights, not fit-time state).
+    with h5py.File(os.path.join(run_dir, "checkpoints", "best.weights.h5"), "r") as handle:
+        arrays = []
+        handle.visititems(lambda name, item: arrays.append((name, item[()])) if isinstance(item, h5py.Dataset)
+                          else None)
+    prototypes = [array for name, array in arrays if "prototype" in name]
+    assert prototypes and all(np.isfinite(p).all() for p in prototypes)
+    assert any(np.abs(p).sum() > 0 for p in prototypes)
+    # Export round trips of the encoders (prototypes baked in): tests/methods/test_contract.py.

@@ -101,21 +101,20 @@ def test_eq1_loss_matches_a_hand_computation():
     np.testing.assert_allclose(float(mean_row_distance(tf.zeros((2, 3)), tf.ones((2, 3)))), np.sqrt(3), rtol=1e-6)
 
 
-def test_fit_trains_one_network_and_never_p():
+def test_fit_lowers_the_supervised_term():
     p = generate_projection(6, 3, seed=1)
     net = SDML.modality_model(_cfg(), SPEC, "text", {"projection": p})
     net.compile(optimizer=tf.keras.optimizers.Adam(1e-2))
     rng = np.random.default_rng(0)
     data = {"text": rng.normal(size=(40, 5)).astype(np.float32),
             "labels": np.eye(3, dtype=np.float32)[np.arange(40) % 3]}
-    before = [v.numpy().copy() for v in net.trainable_variables]
     history = net.fit(tf.data.Dataset.from_tensor_slices(data).batch(10), epochs=3, verbose=0)
     assert {"loss", "reconstruction", "supervised"} <= set(history.history)
     assert history.history["supervised"][-1] < history.history["supervised"][0]
-    assert any(not np.allclose(a, b.numpy()) for a, b in zip(before, net.trainable_variables))
-    np.testing.assert_array_equal(net.projection.numpy(), p)
+    # That a step moves this network only and never P (the shared state): tests/methods/test_contract.py.
 
 
+@pytest.mark.slow
 def test_five_modalities_then_a_sixth_leaves_the_others_untouched(tmp_path):
     run_dir = str(tmp_path / "run")
     # The data already holds six modalities; this first run trains five of them (in 2 worker processes).
@@ -190,6 +189,8 @@ def test_five_modalities_then_a_sixth_leaves_the_others_untouched(tmp_path):
     assert tree_hashes(run_dir) == everything
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     run_dir = tmp_path / "run"
     sets = tiny(str(run_dir), extra=["model.train_modalities=[image, smell]"])

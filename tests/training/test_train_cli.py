@@ -24,6 +24,8 @@ def finished_run(tmp_path_factory):
     return run_dir, result
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_train_writes_the_run_directory(finished_run):
     run_dir, result = finished_run
     for name in ("config.yaml", "data.json", "metrics.json", "checkpoints/best.weights.h5", "checkpoints/best.json"):
@@ -37,6 +39,8 @@ def test_train_writes_the_run_directory(finished_run):
     assert "run directory:" in result.stdout and "test" in result.stdout
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_metrics_json_contract(finished_run):
     run_dir, _ = finished_run
     with open(os.path.join(run_dir, "metrics.json")) as handle:
@@ -55,6 +59,8 @@ def test_metrics_json_contract(finished_run):
     assert best["epoch"] == metrics["val"]["best_epoch"]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_evaluate_rescoring_matches_training(finished_run, tmp_path):
     run_dir, _ = finished_run
     result = run_cli("evaluate.py", "--run-dir", run_dir, "--json")
@@ -78,6 +84,8 @@ def test_evaluate_rescoring_matches_training(finished_run, tmp_path):
     assert demo["map_avg"] == pytest.approx(metrics["presets"]["acmr_demo"]["test"]["map_avg"], abs=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_export_cli_adds_a_version(finished_run):
     run_dir, _ = finished_run
     result = run_cli("-m", "tf_xmr.export", "--run-dir", run_dir)
@@ -86,6 +94,8 @@ def test_export_cli_adds_a_version(finished_run):
     assert versions == ["1", "2"]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_finished_run_directory_is_not_overwritten(finished_run):
     run_dir, _ = finished_run
     before = os.path.getmtime(os.path.join(run_dir, "metrics.json"))
@@ -105,6 +115,8 @@ def _assert_clean_failure(result, run_dir, *needles):
     assert not os.path.exists(run_dir), "a failed run must not leave a run directory"
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_config_typo_is_a_one_line_error(tmp_path):
     run_dir = str(tmp_path / "run")
     result = run_cli("train.py", "--config", "configs/acmr.yaml",
@@ -112,6 +124,8 @@ def test_config_typo_is_a_one_line_error(tmp_path):
     _assert_clean_failure(result, run_dir, "train.epcohs", "epochs")
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_bad_config_value_and_missing_file(tmp_path):
     run_dir = str(tmp_path / "run")
     result = run_cli("train.py", "--config", "configs/acmr.yaml", *_sets(tiny_overrides(run_dir, extra=["model.k=0"])))
@@ -132,6 +146,8 @@ def _npz_config(tmp_path, image, text, labels, test_labels=None, name="bad.npz")
     ], str(path)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.parametrize("problem", ["nan", "label_range", "label_count", "missing_key"])
 def test_bad_data_is_a_one_line_error(tmp_path, problem):
     rng = np.random.default_rng(0)
@@ -158,6 +174,8 @@ def test_bad_data_is_a_one_line_error(tmp_path, problem):
     _assert_clean_failure(result, run_dir, *needles)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_missing_wikipedia_folder_is_a_one_line_error(tmp_path):
     run_dir = str(tmp_path / "run")
     result = run_cli("train.py", "--config", "configs/wikipedia/acmr.yaml", "--set", f"run_dir={run_dir}",
@@ -165,6 +183,8 @@ def test_missing_wikipedia_folder_is_a_one_line_error(tmp_path):
     _assert_clean_failure(result, run_dir, "no_such_dir")
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_export_dimension_mismatch_is_a_one_line_error(finished_run):
     run_dir, _ = finished_run
     result = run_cli("evaluate.py", "--run-dir", run_dir, "--set", "data.synthetic.dims={image: 50, text: 24}")
@@ -184,6 +204,8 @@ def _scalar_tags(log_dir):
     return tags
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_tensorboard_logs_every_loss_term(finished_run):
     run_dir, _ = finished_run
     tags = _scalar_tags(os.path.join(run_dir, "logs"))

@@ -61,6 +61,7 @@ def test_selected_checkpoint_is_the_best_validation_epoch(tmp_path):
         assert json.load(handle)["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_from_the_last_epoch(tmp_path, monkeypatch):
     run_dir = str(tmp_path / "run")
     config = _config(run_dir, epochs=4, extra=["train.jit_compile=false"])
@@ -160,6 +161,8 @@ def test_grl_dann_schedule():
     np.testing.assert_allclose(float(layer.strength.numpy()), schedule.strength(9), rtol=1e-6)
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_convert_to_records_and_train_on_them(tmp_path):
     out = str(tmp_path / "records")
     sets = tiny_overrides(str(tmp_path / "unused"))

@@ -80,6 +80,8 @@ def test_metrics_hold_the_three_protocols_computed_from_the_chosen_checkpoint(ac
     assert unseen_mask.sum() > 0 and report["random_ranking"]["standard"]["map_avg"] != report["standard"]["map_avg"]
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_evaluate_reproduces_the_zero_shot_block(acmr_zero_shot_run):
     _, _, _, result = acmr_zero_shot_run
     done = run_cli("evaluate.py", "--run-dir", result.run_dir, "--json")
@@ -92,6 +94,7 @@ def test_evaluate_reproduces_the_zero_shot_block(acmr_zero_shot_run):
     assert table.returncode == 0 and "zero-shot (unseen)" in table.stdout and "GZS harmonic mean" in table.stdout
 
 
+@pytest.mark.slow
 def test_jfse_zero_shot_config_trains_with_and_without_synthesis(tmp_path):
     with_synthesis = train(load_experiment("configs/jfse_zero_shot.yaml",
                                                    [*JFSE_TINY, f"run_dir={tmp_path / 'with'}"]))

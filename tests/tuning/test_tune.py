@@ -231,6 +231,7 @@ def test_the_tuner_seed_makes_the_draws_repeatable(tmp_path):
     assert draws("c", 0) != draws("d", 1)
 
 
+@pytest.mark.slow
 def test_hyperband_continues_trials_from_their_best_checkpoint(tmp_path):
     directory = tmp_path / "hyperband"
     code, _, err = run_tune_here(_overrides(str(directory), "tune.tuner=hyperband", "tune.max_trials=null",
