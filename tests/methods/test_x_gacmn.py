@@ -54,17 +54,15 @@ def test_player_variables_come_from_their_own_submodels():
     model = _compiled(_config())
     discriminator, generator = model.players()
     assert (discriminator.name, generator.name) == ("discriminator", "generator")
+    # Disjoint players that cover every trainable variable, each listed once: tests/methods/test_contract.py.
     disc_ids, gen_ids = variable_ids(discriminator.variables), variable_ids(generator.variables)
     expected_disc = [*model.synthetic_discriminators["image"].trainable_variables,
                      *model.synthetic_discriminators["text"].trainable_variables,
                      *model.common_discriminator.trainable_variables]
     assert disc_ids == variable_ids(expected_disc)
-    assert not disc_ids & gen_ids
-    # The A-softmax weights are shared by both modalities and owned (once) by the generator.
+    # The A-softmax weights are shared by both modalities and owned by the generator; its schedule counter is not
+    # trainable.
     assert variable_ids(model.classifier.trainable_variables) <= gen_ids
-    assert len(gen_ids) == len(generator.variables)
-    # Between them the players cover every trainable variable of the model; the schedule counters are not trainable.
-    assert disc_ids | gen_ids == variable_ids(model.trainable_variables)
     assert id(model.classifier.iterations) not in gen_ids
 
 
@@ -198,6 +196,8 @@ def test_feature_scale_makes_the_softmax_terms_blind_to_the_common_norm():
         assert np.isfinite(float(model.player_losses("generator", batch, training=False)["softmax_image"]))
 
 
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_train_cli_end_to_end(tmp_path):
     run_dir = str(tmp_path / "x_gacmn")
     overrides = [
