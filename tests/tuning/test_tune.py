@@ -3,7 +3,8 @@ bad search spaces.
 
 One search (module fixture: 2 trials of 2 epochs) runs tune.py in this process, through its command line, so that
 spies can watch what it embeds and which RetrievalValidation callbacks it creates; its directory is then reused by
-the resume tests. train.py then trains the best config, also through its command line in this process.
+the resume tests. train.py then trains the best config, also through its command line in this process. The tests
+that use the search are in the slow tier (about 35 CPU seconds); the bad-space and seed checks stay in the daily tier.
 """
 
 import contextlib
@@ -115,6 +116,7 @@ def _trial_json(directory, trial_id):
         return json.load(handle)
 
 
+@pytest.mark.slow
 def test_objective_is_the_best_whole_validation_map_of_each_trial(search):
     directory, spies, out = search
     rows = _table(directory)
@@ -132,6 +134,7 @@ def test_objective_is_the_best_whole_validation_map_of_each_trial(search):
     assert "val_map_avg" in out and "best trial:" in out
 
 
+@pytest.mark.slow
 def test_only_the_whole_validation_split_is_embedded(search):
     _, spies, _ = search
     # One whole-validation evaluation per epoch per trial, and nothing else (the test split was not even loaded into
@@ -139,6 +142,7 @@ def test_only_the_whole_validation_split_is_embedded(search):
     assert spies.embedded_sizes == [NUM_VAL] * (TRIALS * EPOCHS)
 
 
+@pytest.mark.slow
 def test_table_best_config_and_hparams_are_written(search, tmp_path):
     directory, _, _ = search
     rows = _table(directory)
@@ -171,6 +175,7 @@ def test_table_best_config_and_hparams_are_written(search, tmp_path):
     assert metrics["val"]["map_avg"] == pytest.approx(float(best_row["val_map_avg"]), abs=1e-3)
 
 
+@pytest.mark.slow
 def test_rerun_continues_without_rerunning_finished_trials(search, monkeypatch):
     directory, _, _ = search
     finished = {row["trial"]: os.path.getmtime(os.path.join(directory, f"trial_{row['trial']}", "result.json"))
@@ -190,6 +195,7 @@ def test_rerun_continues_without_rerunning_finished_trials(search, monkeypatch):
         assert os.path.getmtime(os.path.join(directory, f"trial_{trial_id}", "result.json")) == mtime
 
 
+@pytest.mark.slow
 def test_a_different_search_space_in_an_existing_directory_is_refused(search, capsys):
     directory, _, _ = search
     before = sorted(os.listdir(directory))
