@@ -4,23 +4,24 @@ many, with how many threads) and the process pool that runs it.
 ``train.parallel_modalities`` is ``true`` (always worker processes), ``false`` (always one network after the other
 in this process) or ``auto`` (the default): :func:`plan_workers` decides from the cores and GPUs this process may use.
 
-The auto rule and the measurement behind it (``benchmarks/sdml_scaling.py --epochs 3``, 5-modality synthetic set,
-2 cores, no GPU, 2026-12-03; the machine was shared, load average ~12, so the seconds are inflated):
+The auto rule and the measurement behind it (``benchmarks/sdml_scaling.py --epochs 3 --skip memory add``,
+5-modality synthetic set, 2 cores, no GPU, 2026-12-03, the machine shared with other jobs):
 
-* Parallel workers only pay off where each one has a device or cores that one network cannot use on its own.
-  On 2 cores every parallel mode was slower than sequential training (training seconds, workers set up once each
-  and the cores split between them): sequential 225; 1 worker x 2 threads 239 (1.06x); 2 workers x 1 thread 249
-  (1.10x); 5 workers x 1 thread 339 (1.50x). One network already uses both cores through TensorFlow's thread
-  pools (the image network alone: 51 s with 1 thread, 43 s with 2), so splitting them only slows each network
-  down (image 111 s in a 1-thread worker against 81 s sequentially), and every worker adds TensorFlow start-up
-  and its own copy of the data.
+* Parallel workers only pay off where each one gets a device or cores that would otherwise sit idle. On 2 cores
+  every parallel mode was slower than sequential training (training seconds, each worker set up once with
+  cores // workers threads): sequential 60.2; 1 worker x 2 threads 68.9 (1.15x); 2 workers x 1 thread 76.7
+  (1.27x); 5 workers x 1 thread 108.2 (1.80x). An earlier run under heavier load (load average ~12) ranked the
+  same: 1.06x, 1.10x, 1.50x. Why: a worker costs ~13 s of start-up and data loading before its first step (1
+  worker: 56.0 s of training inside 68.9 s), and two networks training at once each ran ~1.75x slower than alone
+  (image 34.5 s against 19.9 s), so the second core bought only ~1.14x throughput, less than the start-up costs.
 * So, CPU only (or a single GPU, which the workers would share): ``workers = min(networks, cores //
   MIN_THREADS_PER_WORKER, max_workers)``, and sequential when that is below 2. With ``MIN_THREADS_PER_WORKER = 4``
   that is sequential below 8 cores. The floor of 4 is NOT measured (this machine has 2 cores); it is chosen so that
   auto stays sequential on small machines, where parallel was measured to lose, and splits only machines with
   cores to spare. ``true`` remains there to force workers on any machine.
 * Two or more visible GPUs: one worker per GPU (each worker sees only its own GPU, through
-  ``CUDA_VISIBLE_DEVICES``), up to the number of networks; the cores are split between the workers.
+  ``CUDA_VISIBLE_DEVICES``), up to the number of networks; the cores are split between the workers. Not measured
+  (no GPU here): the paper's parallel gain came from a second GPU.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ log = logging.getLogger("tf_xmr.training")
 #: The fewest TensorFlow threads a CPU worker must keep for auto to choose workers (see the module docstring).
 MIN_THREADS_PER_WORKER = 4
 #: The measurement the auto rule is based on, quoted in the log line when auto falls back to sequential.
-MEASURED = "every parallel mode was 1.06-1.50x slower than sequential on 2 cores (benchmarks/sdml_scaling.py)"
+MEASURED = "every parallel mode was 1.15-1.80x slower than sequential on 2 cores (benchmarks/sdml_scaling.py)"
 
 
 @dataclasses.dataclass(frozen=True)
