@@ -106,3 +106,16 @@ def compile_players(model, learning_rate: float = 1e-2, **compile_kwargs):
 def variable_ids(variables) -> set[int]:
     """Identities of variables, to compare which sub-model a player updates."""
     return {id(v) for v in variables}
+
+
+def tensorboard_tags(run_dir: str) -> set[str]:
+    """Every scalar tag a run wrote to TensorBoard (any sub-folder of ``<run_dir>/logs``)."""
+    import glob
+
+    import tensorflow as tf
+
+    tags = set()
+    for path in glob.glob(os.path.join(run_dir, "logs", "**", "events.out.tfevents*"), recursive=True):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(value.tag for value in event.summary.value)
+    return tags

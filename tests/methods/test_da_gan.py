@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import ROOT, compile_players, paired_batch, run_cli, variable_ids
+from tests.conftest import ROOT, compile_players, paired_batch, run_cli, tensorboard_tags, variable_ids
 from tf_xmr.config import from_dict
 from tf_xmr.experiment import load_experiment
 from tf_xmr.data.grouping import group_key
@@ -182,7 +182,7 @@ def test_fit_draws_groups_in_the_pipeline_and_learns_prototypes():
 def test_sequence_text_path_from_gensim_word_vectors(tmp_path):
     from gensim.models import Word2Vec
 
-    from tf_xmr.data.word_vectors import texts_to_ids
+    from tf_xmr.data.word_vectors import embedding_matrix, load_keyed_vectors, texts_to_ids
 
     rng = np.random.default_rng(0)
     vocab = [["sun", "sky", "light"], ["sea", "wave", "salt"], ["rock", "stone", "hill"]]
@@ -194,7 +194,9 @@ def test_sequence_text_path_from_gensim_word_vectors(tmp_path):
     ids = texts_to_ids(texts + [["unknown", "sun"]], w2v.wv, length=7)
     assert ids.shape == (19, 7) and ids[-1, 0] == w2v.wv.key_to_index["sun"] + 1 and ids[-1, 1] == 0
 
-    spec = DataSpec(("image", "text"), {"image": 16, "text": 7}, 3)
+    # The data layer reads the word vectors (tf_xmr.modeling.data_spec does this for a run); the model only gets the matrix.
+    spec = DataSpec(("image", "text"), {"image": 16, "text": 7}, 3,
+                    word_embeddings=embedding_matrix(load_keyed_vectors(path)))
     model = _compiled(_config(text_encoder="sequence", word_vectors=path, lstm_units=3, text_filters=5), spec,
                       run_eagerly=True)
     embedding = model.feature_nets["text"].get_layer("word_embedding").embeddings.numpy()
@@ -208,6 +210,9 @@ def test_sequence_text_path_from_gensim_word_vectors(tmp_path):
 
     with pytest.raises(ConfigError, match="word_vectors"):
         DAGAN(_config(text_encoder="sequence"), spec)
+    with pytest.raises(ConfigError, match="carries no word embeddings"):
+        DAGAN(_config(text_encoder="sequence", word_vectors=path, lstm_units=3, text_filters=5),
+              DataSpec(("image", "text"), {"image": 16, "text": 7}, 3))
 
 
 def test_config_errors_name_the_key():
@@ -246,8 +251,9 @@ def test_train_cli_end_to_end(tmp_path):
     with open(os.path.join(run_dir, "metrics.json")) as handle:
         metrics = json.load(handle)
     assert metrics["method"] == "da_gan" and 0.0 <= metrics["test"]["map_avg"] <= 1.0
+    tags = tensorboard_tags(run_dir)  # every loss term (the progress line shows the players' totals)
     for key in ("generator_semantic_image", "generator_gan2_text", "discriminator_intra_image_accuracy"):
-        assert key in result.stdout, key
+        assert key in tags, (key, sorted(tags))
     # The trained class prototypes are in the selected checkpoint (they are weights, not fit-time state).
     with h5py.File(os.path.join(run_dir, "checkpoints", "best.weights.h5"), "r") as handle:
         arrays = []

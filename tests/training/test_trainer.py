@@ -183,3 +183,27 @@ def test_convert_to_records_and_train_on_them(tmp_path):
     assert result.metrics["data"]["loader"] == "records"
     counts = result.metrics["data"]
     assert 0.0 <= result.metrics["test"]["map_avg"] <= 1.0 and counts
+
+
+def test_joint_method_on_unpaired_data_says_use_sdml(tmp_path):
+    """A jointly trained method needs row i of every modality to be one item; on unpaired records it stops before
+    anything is written and names the method that trains without pairs."""
+    from tf_xmr.data.feature_set import FeatureSet, Split
+    from tf_xmr.data.records import write_records
+    from tf_xmr.errors import ConfigError
+
+    rng = np.random.default_rng(0)
+
+    def split(n_image, n_text):
+        return Split(features={"image": rng.random((n_image, 6)).astype(np.float32),
+                               "text": rng.random((n_text, 4)).astype(np.float32)},
+                     labels={"image": np.arange(n_image) % 2, "text": np.arange(n_text) % 2}, paired=False)
+
+    records = write_records(FeatureSet(name="unpaired", modalities=("image", "text"), class_names=("a", "b"),
+                                       splits={"train": split(40, 30), "test": split(12, 10)}),
+                            str(tmp_path / "records"), num_shards=1)
+    run_dir = tmp_path / "run"
+    config = _config(str(run_dir), extra=["data.source=records", f"data.root={records}"])
+    with pytest.raises(ConfigError, match=r"acmr.*unpaired.*use method sdml"):
+        train(config)
+    assert not run_dir.exists()

@@ -29,7 +29,13 @@ def main(argv=None, prog: str = "python -m tf_xmr.data") -> int:
     config = load_experiment(args.config, args.overrides)
     feature_set = load_feature_set(config.data, seed=config.seed)
     write_records(feature_set, args.out, num_shards=args.shards)
-    counts = ", ".join(f"{s}={feature_set.splits[s].num_examples()}" for s in feature_set.splits)
+    def count(split) -> str:
+        # An unpaired split has one count per modality (SDML's unpaired data); a paired one a single count.
+        if split.paired:
+            return str(split.num_examples())
+        return "/".join(f"{m} {split.num_examples(m)}" for m in feature_set.modalities)
+
+    counts = ", ".join(f"{name}={count(split)}" for name, split in feature_set.splits.items())
     print(f"wrote {feature_set.name} ({counts}) to {args.out}")
     return 0
 

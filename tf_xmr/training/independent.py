@@ -56,20 +56,6 @@ def _peak_rss_mb() -> float:
 # One modality
 
 
-def _stop_when_orphaned(parent_pid: int):
-    """A callback that ends a worker's training once the process that started it is gone (killed or crashed):
-    otherwise the worker would keep a core busy for a run nobody collects."""
-    import keras
-
-    class StopWhenOrphaned(keras.callbacks.Callback):
-        def on_train_batch_end(self, batch, logs=None):
-            if os.getppid() != parent_pid:
-                log.warning("the training process %d is gone; this worker stops", parent_pid)
-                os._exit(1)
-
-    return StopWhenOrphaned()
-
-
 def train_modality(config, feature_set, spec, state, modality: str, out_dir: str,
                    extra_callbacks=()) -> dict:
     """Fit one modality's network into ``out_dir`` (checkpoints/, logs/); returns its summary.

@@ -77,6 +77,7 @@ def train(config, *, config_path: str | None = None) -> RunResult:
 
     # 1. Everything that can fail on bad input, before anything is written.
     config, feature_set = modeling.prepare_data(config)
+    _check_pairing(config, feature_set)
     spec = modeling.data_spec(config, feature_set)
     config, run_dir, resuming, auto_named = stage.prepare(config, config_path, feature_set, spec)
 
@@ -91,6 +92,16 @@ def train(config, *, config_path: str | None = None) -> RunResult:
     with layout.RunDirLock(run_dir):
         _check_unchanged(stage, config, run_dir, resuming, auto_named)
         return _run(stage, config, feature_set, run_dir, resuming)
+
+
+def _check_pairing(config, feature_set) -> None:
+    """A jointly trained method pairs row i of every modality in one batch; unpaired data has no such rows."""
+    if modeling.is_independent(config.method):
+        return
+    unpaired = [name for name, split in feature_set.splits.items() if not split.paired]
+    if unpaired:
+        raise ConfigError(f"method {config.method!r} trains on paired items, but the {'/'.join(unpaired)} split of "
+                          f"{feature_set.name!r} is unpaired; use method sdml (one network per modality, no pairs)")
 
 
 def _check_unchanged(stage, config, run_dir: str, resuming: bool, auto_named: bool) -> None:
