@@ -74,11 +74,11 @@ def _train(config, sets, run_dir):
 def _score_run(config_path, sets, run_dir, with_references):
     """Retrieval-time and upper-bound test scores of a finished run (and the reference variants)."""
     from tf_xmr.experiment import load_experiment
+    from tf_xmr.methods.da_gan import upper_bound_embeddings
     from tf_xmr.metrics import RetrievalProtocol
     from tf_xmr.metrics.evaluator import score_embeddings
-    from tf_xmr.scoring import embed_split
-    from tf_xmr.methods.da_gan import upper_bound_embeddings
     from tf_xmr.modeling import build_model, data_spec, load_data
+    from tf_xmr.scoring import embed_split
 
     protocols = {"all": RetrievalProtocol("cosine", None, "all_relevant"),
                  "at50": RetrievalProtocol("cosine", 50, "retrieved")}
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
         print("| variant | val mAP avg | retrieval mAP i2t | t2i | avg | retrieval mAP@50 avg "
               "| upper bound mAP avg | upper bound mAP@50 avg | attention peak intra / inter |")
         print("|---|---|---|---|---|---|---|---|---|")
-        for name, label, per_seed in rows:
+        for _name, label, per_seed in rows:
             if not per_seed:
                 print(f"| {label} (failed) |" + " - |" * 8)
                 continue
@@ -204,7 +204,7 @@ def main(argv=None) -> int:
             cells.append(" / ".join(_ms([s["peak"][k] for s in per_seed]) if k in per_seed[0]["peak"] else "-"
                                     for k in ("intra", "inter")))
             print(f"| {label} | " + " | ".join(cells) + " |")
-        for name, label, per_seed in rows:
+        for name, _label, per_seed in rows:
             if name != "both" or not per_seed or "references" not in per_seed[0]:
                 continue
             print(f"\nRetrieval-time references of the full model's checkpoint (mAP avg, whole ranking), {dataset}:\n")

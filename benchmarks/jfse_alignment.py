@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from benchmarks._runs import mean_std, run_parent, train_run  # noqa: E402
+from benchmarks._runs import mean_std, run_parent, train_run  # noqa: E402 - needs the sys.path insert above
 
 
 def main(argv=None) -> int:

@@ -40,8 +40,8 @@ def main(argv=None) -> int:
     import keras
     import tensorflow as tf
 
-    from tf_xmr.run_dir import load_run_config
     from tf_xmr.modeling import build_model, data_spec, load_data, unseen_classes
+    from tf_xmr.run_dir import load_run_config
 
     config = load_run_config(args.run_dir)
     if config.method != "jfse":

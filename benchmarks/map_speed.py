@@ -39,8 +39,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tf_xmr.metrics import average_precision  # noqa: E402
-from tf_xmr.metrics import retrieval  # noqa: E402
+from tf_xmr.metrics import average_precision, retrieval  # noqa: E402 - needs the sys.path insert above
 
 DIM = 200
 N_CLASSES = 10
@@ -246,10 +245,10 @@ def main(argv=None) -> int:
             ))
         print(f"  {n:,} done", file=sys.stderr, flush=True)
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    print("| " + " | ".join(cell.ljust(w) for cell, w in zip(header, widths)) + " |")
+    print("| " + " | ".join(cell.ljust(w) for cell, w in zip(header, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in table[1:]:
-        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) + " |")
     print("'data' = the peak RSS of the fresh process once the data were built, before the method ran.")
     print(f"|vectorised - loop| mAP difference: {loop_difference:.1e} (tf_xmr against the DSCMR-style loop, largest "
           f"over the sizes up to {loop_limit:,})")

@@ -83,8 +83,8 @@ def worker(args) -> int:
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
 
     from tf_xmr.experiment import load_experiment
-    from tf_xmr.training import independent
     from tf_xmr.modeling import build_optimizer, data_spec, load_data, modality_optimizer_config
+    from tf_xmr.training import independent
 
     config = load_experiment(args.config, _overrides(args, None))
     feature_set = load_data(config)
@@ -125,8 +125,8 @@ def worker(args) -> int:
     steps = math.ceil(n_max / batch)
 
     def merge(*elements):
-        out = {m: e[m] for m, e in zip(spec.modalities, elements)}
-        out["labels"] = {m: e["labels"] for m, e in zip(spec.modalities, elements)}
+        out = {m: e[m] for m, e in zip(spec.modalities, elements, strict=True)}
+        out["labels"] = {m: e["labels"] for m, e in zip(spec.modalities, elements, strict=True)}
         return out
 
     joint = tf.data.Dataset.zip(tuple(streams[m] for m in spec.modalities)).map(merge)

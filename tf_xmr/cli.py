@@ -56,7 +56,7 @@ def quiet_tensorflow() -> None:
     with tempfile.TemporaryFile(mode="w+b") as captured:
         os.dup2(captured.fileno(), 2)
         try:
-            import tensorflow  # noqa: F401
+            import tensorflow  # noqa: F401 - imported for its side effect, with stderr captured
         finally:
             os.dup2(saved, 2)
             os.close(saved)

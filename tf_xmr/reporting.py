@@ -44,7 +44,7 @@ def format_zero_shot(report: dict) -> str:
              + ("   random: " + " ".join(f"{c[4:]:>7}" for c in columns) if random else "")]
     random_blocks = ([random["standard"], random["zero_shot"], random["generalized"]["seen"],
                       random["generalized"]["unseen"], random["generalized"]["harmonic"]] if random else [None] * 5)
-    for (name, scores), chance in zip(blocks, random_blocks):
+    for (name, scores), chance in zip(blocks, random_blocks, strict=True):
         line = f"{name:<20}" + "".join(f"{scores[c]:9.4f}" for c in columns)
         if chance is not None:
             line += "           " + " ".join(f"{chance[c]:7.4f}" for c in columns)

@@ -634,7 +634,7 @@ def _convert(value: Any, tp: Any, key: str, sources: SourceMap, spec: FieldSpec,
             raise ConfigError(f"config key '{key}'{sources.where(key)} must be {_describe(declared, spec)}, "
                               f"got a list of {len(value)} items")
         return tuple(_convert(item, item_tp, f"{key}[{i}]", sources, spec, item_tp)
-                     for i, (item, item_tp) in enumerate(zip(value, item_types)))
+                     for i, (item, item_tp) in enumerate(zip(value, item_types, strict=True)))
 
     if origin is dict or tp is dict:
         key_tp, value_tp = args if args else (str, Any)
@@ -747,7 +747,7 @@ def _is_dataclass_type(tp: Any) -> bool:
     return isinstance(tp, type) and dataclasses.is_dataclass(tp)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _type_hints(cls: type) -> dict[str, Any]:
     # get_type_hints evaluates string annotations, so schemas may use `from __future__ import annotations`.
     return typing.get_type_hints(cls)

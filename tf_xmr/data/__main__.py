@@ -22,9 +22,9 @@ def main(argv=None, prog: str = "python -m tf_xmr.data") -> int:
     args = parser.parse_args(argv)
 
     quiet_tensorflow()
-    from tf_xmr.experiment import load_experiment
     from tf_xmr.data.from_config import load_feature_set
     from tf_xmr.data.records import write_records
+    from tf_xmr.experiment import load_experiment
 
     config = load_experiment(args.config, args.overrides)
     feature_set = load_feature_set(config.data, seed=config.seed)

@@ -22,7 +22,6 @@ import numpy as np
 from tf_xmr.data.feature_set import LABELS_KEY, SPLIT_NAMES, FeatureSet, Split, check_finite_rows, split_validation
 from tf_xmr.errors import DataError
 
-
 SUFFIXES = (".mat", ".h5", ".hdf5", ".npz")
 
 # An .npz archive is a zip file (the second signature is an empty zip); np.save writes a single array behind the
@@ -278,7 +277,7 @@ def _infer_num_classes(raw_labels, widths, paths, keys) -> int:
     """
     num_classes = max(widths)
     used = np.zeros(num_classes, dtype=bool)
-    for split_name, y in raw_labels.items():
+    for y in raw_labels.values():
         if y.ndim == 1:
             used[y[(y >= 0) & (y < num_classes)]] = True
         else:

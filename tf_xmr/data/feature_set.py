@@ -102,7 +102,7 @@ class Split:
             raise DataError(f"split has no modality {modality!r} (has: {', '.join(self.features)})")
         return int(np.shape(self.features[modality])[0]) if np.ndim(self.features[modality]) else 0
 
-    def select(self, indices) -> "Split":
+    def select(self, indices) -> Split:
         """A paired sub-split holding rows ``indices`` (int array (k,)) of every modality, in that order."""
         if not self.paired:
             raise DataError("select() needs a paired split: row i must be the same item in every modality")
@@ -248,7 +248,7 @@ class FeatureSet:
     def _where(self) -> str:
         return f" in {self.source}" if self.source else ""
 
-    def validate(self, *, warn_unseen: bool = True) -> "FeatureSet":
+    def validate(self, *, warn_unseen: bool = True) -> FeatureSet:
         """Check every invariant; raise on the first violation, warn about suspicious-but-legal data.
 
         Args:
@@ -458,7 +458,7 @@ class FeatureSet:
             "source": self.source,
         }
 
-    def select_modalities(self, modalities) -> "FeatureSet":
+    def select_modalities(self, modalities) -> FeatureSet:
         """The same feature set restricted to ``modalities`` (in the given order); in-memory splits only.
 
         Raises:
@@ -482,7 +482,7 @@ class FeatureSet:
             )
         return dataclasses.replace(self, modalities=modalities, splits=splits)
 
-    def replace(self, **changes) -> "FeatureSet":
+    def replace(self, **changes) -> FeatureSet:
         """A shallow copy with some fields replaced (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
 

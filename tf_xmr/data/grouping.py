@@ -57,7 +57,7 @@ class SemanticGroups:
         self.pool_index = np.concatenate(members).astype(np.int64)
 
     @classmethod
-    def from_split(cls, split, num_classes: int, modalities: Sequence[str] | None = None) -> "SemanticGroups":
+    def from_split(cls, split, num_classes: int, modalities: Sequence[str] | None = None) -> SemanticGroups:
         """Pools of an in-memory paired split."""
         if not getattr(split, "paired", True):
             raise DataError("semantic grouping needs a paired split")
@@ -65,7 +65,7 @@ class SemanticGroups:
         return cls({m: split.features[m] for m in mods}, to_multi_hot(split.labels[mods[0]], num_classes))
 
     @classmethod
-    def from_dataset(cls, dataset, modalities: Sequence[str]) -> "SemanticGroups":
+    def from_dataset(cls, dataset, modalities: Sequence[str]) -> SemanticGroups:
         """Pools of every item of a (batched) dataset of ``{modality: (b, d), "labels": (b, c)}`` elements, in one
         pass (works for in-memory and streamed splits alike)."""
         chunks = {m: [] for m in modalities}

@@ -59,7 +59,7 @@ def _write_family(tf, directory: str, family: str, columns: dict[str, np.ndarray
         # Little-endian float32 bytes, whatever the host: decode_raw reads little-endian by default.
         columns = {m: np.ascontiguousarray(x, dtype="<f4") for m, x in columns.items()}
         labels = np.ascontiguousarray(labels, dtype="<f4")
-        bytes_feature = lambda b: tf.train.Feature(bytes_list=tf.train.BytesList(value=[b]))  # noqa: E731
+        bytes_feature = lambda b: tf.train.Feature(bytes_list=tf.train.BytesList(value=[b]))
         for i in range(labels.shape[0]):
             feature = {m: bytes_feature(x[i].tobytes()) for m, x in columns.items()}
             feature[LABELS_KEY] = bytes_feature(labels[i].tobytes())
@@ -234,7 +234,7 @@ def load_records(root: str, *, verify: bool = True) -> FeatureSet:
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DataError(f"records: {path} is malformed: {type(e).__name__}: {e}") from None
 
-    for split_name, split in splits.items():
+    for split in splits.values():
         families = [None] if split.paired else list(modalities)
         for m in families:
             files = split.files(m)

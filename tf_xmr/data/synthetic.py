@@ -159,7 +159,7 @@ def make_synthetic(
         if not 0.0 < float(f) <= 1.0:
             raise DataError(f"make_synthetic: modality_fractions[{m!r}] must be in (0, 1], got {f}")
     if latent_dim < 1 or noise < 0 or item_spread < 0:
-        raise DataError(f"make_synthetic: latent_dim >= 1, noise >= 0, item_spread >= 0 required")
+        raise DataError("make_synthetic: latent_dim >= 1, noise >= 0, item_spread >= 0 required")
 
     # Independent streams per component, so that e.g. changing num_test does not change the class vectors,
     # the modality maps or the training items.
@@ -173,7 +173,7 @@ def make_synthetic(
     private_dim = max(1, latent_dim // 2)
     maps = {
         m: _ModalityMap(np.random.default_rng(s), latent_dim, private_dim, int(d), ("tanh", "relu")[i % 2])
-        for i, ((m, d), s) in enumerate(zip(dims.items(), s_maps.spawn(len(dims))))
+        for i, ((m, d), s) in enumerate(zip(dims.items(), s_maps.spawn(len(dims)), strict=True))
     }
     # Normalising the latent to unit variance per dimension keeps the maps' nonlinearity in the same regime
     # whatever item_spread is.

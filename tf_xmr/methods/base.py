@@ -226,7 +226,7 @@ class AdversarialModel(CrossModalModel):
         gradients = tape.gradient(objective, variables)
         if weight is not None:
             gradients = self._replica_gradients(gradients, weight, optimizer)
-        optimizer.apply_gradients(zip(gradients, variables))
+        optimizer.apply_gradients(zip(gradients, variables, strict=True))
         for term in player.losses:
             value = losses[term]
             if weight is not None:
@@ -251,7 +251,7 @@ class AdversarialModel(CrossModalModel):
         clipped, _ = tf.clip_by_global_norm(summed, optimizer.global_clipnorm)
         share = 1.0 / ctx.num_replicas_in_sync
         out = list(gradients)
-        for i, g in zip(present, clipped):
+        for i, g in zip(present, clipped, strict=True):
             out[i] = g * share
         return out
 

@@ -52,6 +52,6 @@ def get_method(name: str) -> MethodSpec:
 
 
 def registered_methods() -> list[str]:
-    import tf_xmr.methods  # noqa: F401
+    import tf_xmr.methods  # noqa: F401  (importing the package registers every built-in method)
 
     return sorted(_METHODS)

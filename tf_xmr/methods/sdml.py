@@ -311,6 +311,6 @@ class SDML(CrossModalModel, IndependentModalities):
         variables = {m: net.trainable_variables for m, net in self.dsaes.items()}
         gradients = tape.gradient(total, variables)
         for m in self.modalities:
-            self.modality_optimizers[m].apply_gradients(zip(gradients[m], variables[m]))
+            self.modality_optimizers[m].apply_gradients(zip(gradients[m], variables[m], strict=True))
             self.loss_trackers[m].update_state(losses[m])
         return {tracker.name: tracker.result() for tracker in self.metrics}

@@ -36,7 +36,7 @@ def _relevant(a, b) -> bool:
     a, b = np.atleast_1d(a), np.atleast_1d(b)
     if a.size == 1:
         return bool(a[0] == b[0])
-    return any(x != 0 and y != 0 for x, y in zip(a, b))
+    return any(x != 0 and y != 0 for x, y in zip(a, b, strict=True))
 
 
 def ranked_relevance_loop(query, database, query_labels, database_labels, *, distance="cosine") -> list[list[bool]]:

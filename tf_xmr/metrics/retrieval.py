@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -555,7 +555,7 @@ def evaluate_retrieval(
     return {
         # The same mean of the same per-query APs as mean_average_precision, so the two agree to the last bit.
         "map": float(np.mean(ap)),
-        "precision_at": {k: float(np.mean(hits[:, i] / c)) for i, (k, c) in enumerate(zip(ks, clipped))},
+        "precision_at": {k: float(np.mean(hits[:, i] / c)) for i, (k, c) in enumerate(zip(ks, clipped, strict=True))},
         "recall_at": {k: float(np.mean(_safe_ratio(hits[:, i], n_relevant_all))) for i, k in enumerate(ks)},
     }
 

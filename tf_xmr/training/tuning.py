@@ -83,7 +83,7 @@ class TrialRow:
 class TuneResult:
     """What ``tune`` returns: every trial's row, the best one, the files written, the trials run by this call."""
 
-    search: "Search"
+    search: Search
     directory: str
     rows: list[TrialRow]
     best: TrialRow | None
@@ -594,7 +594,7 @@ def format_table(search: Search, rows: list[TrialRow]) -> str:
 
     table = [_columns(search)] + [cells(row) for row in rows]
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip() for line in table)
 
 
 def write_best_config(search: Search, best: TrialRow) -> str:
