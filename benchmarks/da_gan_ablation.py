@@ -216,8 +216,8 @@ def main(argv=None) -> int:
     print("\nretrieval = exported encoders (query features only); upper bound = the paper's training-time form with "
           "the TRUE class group and the TRUE partner (leaks labels and pairs). mAP = whole ranking, cosine, all "
           "relevant; mAP@50 = cosine, top 50, normalised by hits in the top 50 (the DA-GAN tables' convention). "
-          "Attention peak = p * mean max_j A_j on the test split in the training-time form: 1 = uniform map (x * (1 + A)"
-          " is then a constant rescale), p = all weight on one position. "
+          "Attention peak = p * mean max_j A_j on the test split in the training-time form: 1 = uniform map "
+          "(x * (1 + A) is then a constant rescale), p = all weight on one position. "
           f"Total {time.perf_counter() - start:.0f}s.")
     return 0
 

@@ -141,7 +141,8 @@ def worker(args) -> int:
 
     start = time.perf_counter()
     model.fit(joint, epochs=config.train.epochs, steps_per_epoch=steps, verbose=0, callbacks=[Validate()])
-    print(json.dumps({"what": "joint", "rss_mb": _rss_mb(), "loaded_mb": loaded, "seconds": time.perf_counter() - start}))
+    print(json.dumps({"what": "joint", "rss_mb": _rss_mb(), "loaded_mb": loaded,
+                      "seconds": time.perf_counter() - start}))
     return 0
 
 
@@ -259,7 +260,8 @@ def main(argv=None) -> int:
               f"{added['test']['map_avg']:.4f} |")
         print(f"| retrain all six | {full['training']['wall_seconds']:.1f} | {full_total:.1f} | "
               f"{full['test']['map_avg']:.4f} |")
-        print(f"ratio add / retrain (training): {added['training']['wall_seconds'] / full['training']['wall_seconds']:.2f}")
+        print("ratio add / retrain (training): "
+              f"{added['training']['wall_seconds'] / full['training']['wall_seconds']:.2f}")
     print(f"run directories under {out}")
     return 0
 

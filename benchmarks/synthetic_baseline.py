@@ -135,7 +135,8 @@ def main(argv=None) -> int:
         labels = to_multi_hot(fs.splits[split_name].labels[first], c)
         i2t = mean_average_precision(posteriors[split_name, first], posteriors[split_name, second], labels, labels)
         t2i = mean_average_precision(posteriors[split_name, second], posteriors[split_name, first], labels, labels)
-        local = local_mean_average_precision(posteriors[split_name, first], posteriors[split_name, second], labels, labels)
+        local = local_mean_average_precision(posteriors[split_name, first], posteriors[split_name, second],
+                                             labels, labels)
         assert abs(local - i2t) < 1e-4, (local, i2t)  # the two implementations agree on this protocol
         print(f"{split_name:5s} mAP {first}2{second} (i2t) {i2t:.4f}  {second}2{first} (t2i) {t2i:.4f}  "
               f"avg {(i2t + t2i) / 2:.4f}")

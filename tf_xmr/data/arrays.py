@@ -59,7 +59,8 @@ class _ArrayFile:
         self.path = path
         suffix = os.path.splitext(path)[1].lower()
         if suffix not in SUFFIXES:
-            raise DataError(f"arrays: unsupported file type {suffix or '(none)'!r} for {path}; supported: {', '.join(SUFFIXES)}")
+            raise DataError(f"arrays: unsupported file type {suffix or '(none)'!r} for {path}; "
+                            f"supported: {', '.join(SUFFIXES)}")
         if not os.path.isfile(path):
             raise DataError(f"arrays: file missing: {path}")
         self.kind = suffix
@@ -370,11 +371,13 @@ def load_arrays(
         raise DataError(f"arrays: keys[{first_split!r}] names no modality, only {list(keys[first_split])}")
     for split_name, split_keys in keys.items():
         if LABELS_KEY not in split_keys:
-            raise DataError(f"arrays: keys[{split_name!r}] lacks the required entry 'labels' (has: {', '.join(split_keys)})")
+            raise DataError(f"arrays: keys[{split_name!r}] lacks the required entry 'labels' "
+                            f"(has: {', '.join(split_keys)})")
         mods = tuple(k for k in split_keys if k != LABELS_KEY)
         if set(mods) != set(modalities):
             raise DataError(
-                f"arrays: keys[{split_name!r}] names modalities {list(mods)} but keys[{first_split!r}] names {list(modalities)}"
+                f"arrays: keys[{split_name!r}] names modalities {list(mods)} "
+                f"but keys[{first_split!r}] names {list(modalities)}"
             )
 
     files: dict[str, _ArrayFile] = {}
@@ -428,7 +431,8 @@ def load_arrays(
         if multi_label and y.ndim == 1:
             if np.any((y < 0) | (y >= num_classes)):
                 bad = int(y[np.argmax((y < 0) | (y >= num_classes))])
-                raise DataError(f"arrays: split {split_name!r} label {bad} outside [0, {num_classes}) (label_base={label_base})")
+                raise DataError(f"arrays: split {split_name!r} label {bad} outside [0, {num_classes}) "
+                                f"(label_base={label_base})")
             onehot = np.zeros((y.shape[0], num_classes), dtype=np.float32)
             onehot[np.arange(y.shape[0]), y] = 1.0
             y = onehot

@@ -127,7 +127,8 @@ def load_glove_6b_50d():
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"{GLOVE_PACKAGE} files in {root} are unreadable: {exc}") from None
     if vectors.ndim != 2 or vectors.shape[0] != len(words):
-        raise DataError(f"{GLOVE_PACKAGE}: {matrix_path} has shape {vectors.shape} but the index lists {len(words)} words")
+        raise DataError(f"{GLOVE_PACKAGE}: {matrix_path} has shape {vectors.shape} "
+                        f"but the index lists {len(words)} words")
     words = [str(w) for w in words]
     keyed = KeyedVectors(vector_size=vectors.shape[1])
     # Filling the index directly: add_vectors' per-key duplicate checks take seconds for 400,000 words.
@@ -220,7 +221,8 @@ def class_embeddings_for(class_names: Sequence[str], existing: np.ndarray | None
         _refuse_placeholder_names(class_names, source)
     if source == "word_vectors":
         if not config.path:
-            raise ConfigError("data.class_embeddings.source is 'word_vectors' but data.class_embeddings.path is not set")
+            raise ConfigError("data.class_embeddings.source is 'word_vectors' "
+                              "but data.class_embeddings.path is not set")
         keyed = load_word_vectors(config.path, config.format)
         return embed_class_names(class_names, keyed, phrases=config.phrases, source=config.path)
     if source == "glove_6b_50d":

@@ -48,7 +48,8 @@ def _as_labels(array) -> np.ndarray:
     arr = np.asarray(array)
     if arr.ndim == 1 and arr.dtype.kind in "iub":
         return np.ascontiguousarray(arr, dtype=np.int64)
-    if arr.ndim == 1 and arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+    if (arr.ndim == 1 and arr.dtype.kind == "f" and arr.size and np.all(np.isfinite(arr))
+            and np.all(arr == np.round(arr))):
         # Labels that went through a float container (MATLAB doubles, some .npz writers) but are whole numbers.
         return arr.astype(np.int64)
     if arr.ndim == 2 and arr.dtype.kind in "fiub":
@@ -158,7 +159,8 @@ class RecordSplit:
                 )
             modality = next(iter(self.counts))
         if modality not in self.counts:
-            raise DataError(f"split {self.name!r} in {self.root} has no modality {modality!r} (has: {', '.join(self.counts)})")
+            raise DataError(f"split {self.name!r} in {self.root} has no modality {modality!r} "
+                            f"(has: {', '.join(self.counts)})")
         return int(self.counts[modality])
 
     def _family(self, modality: str | None) -> str:
@@ -176,7 +178,8 @@ class RecordSplit:
                 )
             modality = next(iter(self.counts))
         if modality not in self.counts:
-            raise DataError(f"split {self.name!r} in {self.root} has no modality {modality!r} (has: {', '.join(self.counts)})")
+            raise DataError(f"split {self.name!r} in {self.root} has no modality {modality!r} "
+                            f"(has: {', '.join(self.counts)})")
         return f"{self.name}.{modality}"
 
     def file_pattern(self, modality: str | None = None) -> str:
@@ -187,7 +190,8 @@ class RecordSplit:
         """The shard file paths of ``modality`` in shard order (the order the writer distributed items in)."""
         family = self._family(modality)
         return [
-            os.path.join(self.root, f"{family}-{i:05d}-of-{self.num_shards:05d}.tfrecord") for i in range(self.num_shards)
+            os.path.join(self.root, f"{family}-{i:05d}-of-{self.num_shards:05d}.tfrecord")
+            for i in range(self.num_shards)
         ]
 
 
@@ -271,7 +275,8 @@ class FeatureSet:
         if len(set(self.modalities)) != len(self.modalities):
             raise DataError(f"feature set {self.name!r}{where} lists a modality twice: {list(self.modalities)}")
         if LABELS_KEY in self.modalities:
-            raise DataError(f"feature set {self.name!r}{where}: {LABELS_KEY!r} is reserved and cannot be a modality name")
+            raise DataError(f"feature set {self.name!r}{where}: {LABELS_KEY!r} is reserved "
+                            "and cannot be a modality name")
         if not self.class_names:
             raise DataError(f"feature set {self.name!r}{where} has no class names")
         if not self.splits:
@@ -286,7 +291,8 @@ class FeatureSet:
             elif isinstance(split, Split):
                 self._validate_split(split_name, split, dims)
             else:
-                raise DataError(f"split {split_name!r}{where} is a {type(split).__name__}, expected Split or RecordSplit")
+                raise DataError(f"split {split_name!r}{where} is a {type(split).__name__}, "
+                                "expected Split or RecordSplit")
         if self.class_embeddings is not None:
             e = self.class_embeddings
             if e.ndim != 2 or e.shape[0] != c or e.dtype != np.float32:
@@ -294,7 +300,8 @@ class FeatureSet:
                     f"class_embeddings{where} must be float32 of shape ({c}, e), got {e.dtype} {tuple(e.shape)}"
                 )
             if not np.all(np.isfinite(e)):
-                raise DataError(f"class_embeddings{where} contain NaN/Inf (first bad class {int(np.argwhere(~np.isfinite(e))[0, 0])})")
+                raise DataError(f"class_embeddings{where} contain NaN/Inf "
+                                f"(first bad class {int(np.argwhere(~np.isfinite(e))[0, 0])})")
         if warn_unseen:
             self._warn_unseen_classes()
         return self
@@ -315,7 +322,8 @@ class FeatureSet:
         extra = [m for m in split.features if m not in self.modalities]
         if extra:
             raise DataError(
-                f"split {split_name!r}{where} has modality {extra[0]!r} not among the feature set's {list(self.modalities)}"
+                f"split {split_name!r}{where} has modality {extra[0]!r} "
+                f"not among the feature set's {list(self.modalities)}"
             )
         for m in self.modalities:
             x, y = split.features[m], split.labels[m]
@@ -390,13 +398,15 @@ class FeatureSet:
         where = self._where()
         for m in self.modalities:
             if m not in split.counts or m not in split.dims:
-                raise DataError(f"split {split_name!r}{where} lacks modality {m!r} (has: {', '.join(split.counts) or 'none'})")
+                raise DataError(f"split {split_name!r}{where} lacks modality {m!r} "
+                                f"(has: {', '.join(split.counts) or 'none'})")
             n, d = int(split.counts[m]), int(split.dims[m])
             if n <= 0:
                 raise DataError(f"split {split_name!r} modality {m!r}{where}: split is empty")
             if m in dims and dims[m][0] != d:
                 raise DataError(
-                    f"modality {m!r}{where} has dimension {dims[m][0]} in split {dims[m][1]!r} but {d} in split {split_name!r}"
+                    f"modality {m!r}{where} has dimension {dims[m][0]} in split {dims[m][1]!r} "
+                    f"but {d} in split {split_name!r}"
                 )
             dims.setdefault(m, (d, split_name))
         if split.num_classes != self.num_classes:
@@ -655,8 +665,8 @@ def feature_stats(split: Split | RecordSplit, modality: str) -> tuple[np.ndarray
     if isinstance(split, RecordSplit):
         if modality not in split.stats:
             raise DataError(
-                f"split {split.name!r} in {split.root}: no feature statistics for modality {modality!r} in dataset.json "
-                f"(has: {', '.join(split.stats) or 'none'})"
+                f"split {split.name!r} in {split.root}: no feature statistics for modality {modality!r} "
+                f"in dataset.json (has: {', '.join(split.stats) or 'none'})"
             )
         mean, std = split.stats[modality]
         return np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)

@@ -4,8 +4,8 @@
 ``{modality}_group: float32 (b, alpha, d_m)`` to every element: for each item, ``alpha`` items drawn uniformly (with
 replacement) from the OTHER training items of the same class, independently per modality [spec 2.4 REC] (the item
 is recognised by its features; it can only be its own group when it is the only member of its class). A multi-label
-item draws its group from one of its labels, chosen at random per item. The group is resampled every batch [REC]; draws come from a
-seeded ``tf.data.Dataset.random`` stream that is re-randomised each epoch, so a run is reproducible.
+item draws its group from one of its labels, chosen at random per item. The group is resampled every batch [REC];
+draws come from a seeded ``tf.data.Dataset.random`` stream that is re-randomised each epoch, so a run is reproducible.
 
 The pools live in memory (as tensors captured by the pipeline); for data too large for that, precompute groups.
 """

@@ -54,7 +54,8 @@ def _shard_name(family: str, index: int, num_shards: int) -> str:
 
 def _write_family(tf, directory: str, family: str, columns: dict[str, np.ndarray], labels: np.ndarray, num_shards: int):
     """Write items (rows of ``columns`` and ``labels``) round-robin into ``num_shards`` files of one family."""
-    writers = [tf.io.TFRecordWriter(os.path.join(directory, _shard_name(family, i, num_shards))) for i in range(num_shards)]
+    writers = [tf.io.TFRecordWriter(os.path.join(directory, _shard_name(family, i, num_shards)))
+               for i in range(num_shards)]
     try:
         # Little-endian float32 bytes, whatever the host: decode_raw reads little-endian by default.
         columns = {m: np.ascontiguousarray(x, dtype="<f4") for m, x in columns.items()}

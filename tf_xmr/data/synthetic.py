@@ -58,7 +58,8 @@ def _draw_labels(rng: np.random.Generator, sizes: np.ndarray, multi_label: bool,
     members, multi_hot = [], np.zeros((n, num_classes), dtype=np.float32)
     for i in range(n):
         others = np.delete(np.arange(num_classes), primary[i])
-        chosen = [int(primary[i])] + [int(k) for k in rng.choice(others, size=min(extra[i], others.size), replace=False)]
+        chosen = [int(primary[i])] + [int(k) for k in rng.choice(others, size=min(extra[i], others.size),
+                                                                 replace=False)]
         members.append(chosen)
         multi_hot[i, chosen] = 1.0
     return multi_hot, members
@@ -155,7 +156,8 @@ def make_synthetic(
     fractions = dict(modality_fractions or {})
     for m, f in fractions.items():
         if m not in dims:
-            raise DataError(f"make_synthetic: modality_fractions names {m!r}, which is not among the modalities {list(dims)}")
+            raise DataError(f"make_synthetic: modality_fractions names {m!r}, "
+                            f"which is not among the modalities {list(dims)}")
         if not 0.0 < float(f) <= 1.0:
             raise DataError(f"make_synthetic: modality_fractions[{m!r}] must be in (0, 1], got {f}")
     if latent_dim < 1 or noise < 0 or item_spread < 0:

@@ -122,10 +122,12 @@ def load_wikipedia(root: str, *, val_fraction: float = 0.1, seed: int = 0) -> Fe
                 raise DataError(f"wikipedia: key {key!r} missing from {mat_path} (keys present: {', '.join(present)})")
             x = np.asarray(mat[key])
             if x.ndim != 2 or x.dtype.kind not in "fiu":
-                raise DataError(f"wikipedia: {mat_path} key {key!r} must be a 2-D numeric matrix, got {x.dtype} {x.shape}")
+                raise DataError(f"wikipedia: {mat_path} key {key!r} must be a 2-D numeric matrix, "
+                                f"got {x.dtype} {x.shape}")
             if x.shape[0] != labels.shape[0]:
                 raise DataError(
-                    f"wikipedia: {mat_path} key {key!r} has {x.shape[0]} rows but {list_path} has {labels.shape[0]} items"
+                    f"wikipedia: {mat_path} key {key!r} has {x.shape[0]} rows "
+                    f"but {list_path} has {labels.shape[0]} items"
                 )
             features[modality] = x
         splits[split_name] = Split(features=features, labels={"image": labels, "text": labels}, paired=True)

@@ -87,9 +87,10 @@ def pair_consistency_loss(a, b, form: str = "frobenius", epsilon: float = 1e-12)
       ACMR demo code's ``sqrt(2 * l2_loss(emb_v - emb_w))``).
     - ``"mean_norm"``: ``(1/n) sum_i ||a_i - b_i||``.
     - ``"mean_squared"``: ``(1/n) sum_i ||a_i - b_i||^2``.
-    - ``"normalized_mean_squared"``: ``(1/n) sum_i ||a_i/||a_i|| - b_i/||b_i||||^2 = (1/n) sum_i (2 - 2 cos(a_i, b_i))``:
-      the pair distance that a cosine ranking reads. The raw forms above can also be lowered by shrinking both
-      vectors, which a cosine ranking does not see.
+    - ``"normalized_mean_squared"``:
+      ``(1/n) sum_i ||a_i/||a_i|| - b_i/||b_i||||^2 = (1/n) sum_i (2 - 2 cos(a_i, b_i))``: the pair distance that a
+      cosine ranking reads. The raw forms above can also be lowered by shrinking both vectors, which a cosine ranking
+      does not see.
 
     Args:
         a: (n, d) embeddings, row i paired with row i of ``b``.

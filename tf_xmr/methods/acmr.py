@@ -206,7 +206,8 @@ class ACMR(AdversarialModel):
             if cfg.use_imd else zero
         )
         # Eq. 7 covers the projectors' weight matrices only (not biases, classifier or discriminator).
-        kernels = [layer.kernel for tower in self.projectors.values() for layer in tower.layers if hasattr(layer, "kernel")]
+        kernels = [layer.kernel for tower in self.projectors.values() for layer in tower.layers
+                   if hasattr(layer, "kernel")]
         reg = frobenius_norm_sum(kernels)
         adv, accuracy = self._modality_loss(self.gradient_reversal(image), self.gradient_reversal(text), training)
         loss = cfg.alpha * imi + cfg.beta * imd + cfg.reg_weight * reg

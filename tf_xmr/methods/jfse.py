@@ -187,7 +187,8 @@ class JFSE(AdversarialModel):
             )
         if spec.class_embeddings.shape[0] != spec.num_classes:
             raise ConfigError(
-                f"class embeddings have {spec.class_embeddings.shape[0]} rows but the data has {spec.num_classes} classes"
+                f"class embeddings have {spec.class_embeddings.shape[0]} rows "
+                f"but the data has {spec.num_classes} classes"
             )
         self.config = config
         self.image_modality, self.text_modality = spec.modalities

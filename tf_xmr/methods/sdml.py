@@ -14,8 +14,9 @@ Training is driven by ``tf_xmr.training.independent`` through the ``IndependentM
 container below holds every modality's DSAE at once, for evaluation from checkpoints and for the joint-training
 baseline of the benchmarks (SDML-1 of Table 6: all networks in one graph, one step over every modality).
 
-Every gap the paper leaves is a field of ``SDMLConfig`` whose comment gives the source: [PAPER] the paper, [CODE] the
-authors' PyTorch code (penghu-cs/SDML, as described in specs/sdml.md), [REC] the project's spec where neither settles it.
+Every gap the paper leaves is a field of ``SDMLConfig`` whose comment gives the source: [PAPER] the paper,
+[CODE] the authors' PyTorch code (penghu-cs/SDML, as described in specs/sdml.md), [REC] the project's spec where
+neither settles it.
 """
 
 from __future__ import annotations

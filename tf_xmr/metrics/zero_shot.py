@@ -88,9 +88,10 @@ def zero_shot_report(embeddings: Mapping[str, np.ndarray], labels: Mapping[str, 
     masks = {m: seen_unseen_masks(labels[m], unseen, num_classes) for m in modalities}
     for m in modalities:
         if not masks[m][0].any() or not masks[m][1].any():
-            raise DataError(f"zero-shot evaluation: modality {m!r} has no {'seen' if not masks[m][0].any() else 'unseen'} "
-                            "item in this split")
-    standard = score_embeddings(*_subset(embeddings, labels, {m: masks[m][0] for m in modalities}), protocol, modalities)
+            raise DataError(f"zero-shot evaluation: modality {m!r} has no "
+                            f"{'seen' if not masks[m][0].any() else 'unseen'} item in this split")
+    standard = score_embeddings(*_subset(embeddings, labels, {m: masks[m][0] for m in modalities}), protocol,
+                                modalities)
     zero = score_embeddings(*_subset(embeddings, labels, {m: masks[m][1] for m in modalities}), protocol, modalities)
     seen_block, unseen_block, harmonic_block = {}, {}, {}
     for query, target in directions(modalities):

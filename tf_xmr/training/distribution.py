@@ -91,7 +91,8 @@ def parse_tf_config(raw: str | None) -> ClusterRole:
         spec = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"TF_CONFIG is not valid JSON ({exc.msg} at character {exc.pos})") from None
-    if not isinstance(spec, dict) or not isinstance(spec.get("cluster"), dict) or not isinstance(spec.get("task"), dict):
+    if (not isinstance(spec, dict) or not isinstance(spec.get("cluster"), dict)
+            or not isinstance(spec.get("task"), dict)):
         raise ConfigError("TF_CONFIG must be a JSON object with a 'cluster' mapping and a 'task' mapping")
     cluster, task = spec["cluster"], spec["task"]
     unsupported = sorted(set(cluster) - {"chief", "worker"})

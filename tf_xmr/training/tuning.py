@@ -330,7 +330,8 @@ def make_hypermodel(search: Search):
     import keras_tuner as kt
 
     class XmrHyperModel(kt.HyperModel):
-        """Builds a trial's model from the config with the trial's values; trains it like ``tf_xmr.training.pipeline.train``.
+        """Builds a trial's model from the config with the trial's values; trains it like
+        ``tf_xmr.training.pipeline.train``.
 
         ``fit`` returns the best validation scores seen by ``RetrievalValidation`` (objective ``val_map_avg``).
         """
@@ -364,8 +365,8 @@ def _fit_trial(search: Search, config: ExperimentConfig, model, trial_dir: str, 
                initial_epoch: int, extra_callbacks: list) -> dict:
     """Train one trial with the joint fit's stream and callbacks; return its best validation scores.
 
-    The pipeline and callbacks are the joint fit's (``tf_xmr.training.joint``) (``training_stream``, ``fit_callbacks``); there is no test
-    scoring, export or backup: an interrupted trial is rerun from scratch by keras_tuner.
+    The pipeline and callbacks are the joint fit's (``tf_xmr.training.joint``) (``training_stream``, ``fit_callbacks``);
+    there is no test scoring, export or backup: an interrupted trial is rerun from scratch by keras_tuner.
     """
     import keras_tuner as kt
 
