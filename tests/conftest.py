@@ -119,3 +119,18 @@ def tensorboard_tags(run_dir: str) -> set[str]:
         for event in tf.compat.v1.train.summary_iterator(path):
             tags.update(value.tag for value in event.summary.value)
     return tags
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Run the files that hold the most slow tests first, each file's tests kept together and in order.
+
+    Under pytest-xdist the workers take tests in collection order; a long test collected last keeps one worker busy
+    while the others have nothing left (the suite's tail). Files stay contiguous so module-scoped fixtures (a trained
+    run shared by several tests) are still built once per worker. The sort is deterministic, as xdist requires every
+    worker to collect the same order.
+    """
+    import collections
+
+    slow_per_file = collections.Counter(item.nodeid.split("::")[0] for item in items
+                                        if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow_per_file[item.nodeid.split("::")[0]])
