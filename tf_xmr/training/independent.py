@@ -132,7 +132,9 @@ def train_modality(config, feature_set, spec, state, modality: str, out_dir: str
         epochs_run = len(history.epoch)
     seconds = time.perf_counter() - start
     if nan_guard.failure:
-        raise TrainingError(f"modality {modality!r}: training stopped: {nan_guard.failure}; lower its learning rate")
+        raise TrainingError(f"modality {modality!r}: training stopped: {nan_guard.failure}; lower its learning rate "
+                            f"(run directory kept for inspection: remove it or choose another run_dir to retry with "
+                            f"other settings)")
     if validation.best["epoch"] is None:
         raise TrainingError(f"modality {modality!r}: no validation evaluation ran, so no checkpoint was selected")
     summary = {
