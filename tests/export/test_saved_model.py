@@ -12,7 +12,6 @@ import pytest
 from tf_xmr.export import export_encoder, load_exported, versions
 from tf_xmr.layers import mlp
 from tf_xmr.methods.base import DataSpec
-from tests.conftest import ROOT
 
 # Runs with only TensorFlow importable (cwd and PYTHONPATH away from the repository): what a serving host has.
 _FRESH_PROCESS = r"""

@@ -5,11 +5,11 @@ import pytest
 import tensorflow as tf
 
 from tf_xmr.config import from_dict
+from tf_xmr.config.schema import OptimizerConfig
 from tf_xmr.errors import ConfigError
 from tf_xmr.methods.acmr import ACMR, ACMRConfig
 from tf_xmr.methods.base import DataSpec
 from tf_xmr.modeling import build_optimizer
-from tf_xmr.config.schema import OptimizerConfig
 
 SPEC = DataSpec(modalities=("image", "text"), dims={"image": 12, "text": 6}, num_classes=3)
 
@@ -89,7 +89,7 @@ def test_gradient_reversal_makes_projectors_ascend_the_modality_loss():
         plain_adv, _ = model._modality_loss(image, text, training=True)
     reversed_grads = tape.gradient(embedding_loss, projector_vars)
     plain_grads = tape.gradient(plain_adv, projector_vars)
-    for r, p in zip(reversed_grads, plain_grads):
+    for r, p in zip(reversed_grads, plain_grads, strict=True):
         np.testing.assert_allclose(r.numpy(), -p.numpy(), rtol=1e-5, atol=1e-7)
 
 

@@ -11,9 +11,9 @@ import tensorflow as tf
 
 from tests.conftest import ROOT, compile_players, paired_batch, run_cli, tensorboard_tags, variable_ids
 from tf_xmr.config import from_dict
-from tf_xmr.experiment import load_experiment
 from tf_xmr.data.grouping import group_key
 from tf_xmr.errors import ConfigError
+from tf_xmr.experiment import load_experiment
 from tf_xmr.methods.base import DataSpec
 from tf_xmr.methods.da_gan import DAGAN, DAGANConfig
 
@@ -194,7 +194,8 @@ def test_sequence_text_path_from_gensim_word_vectors(tmp_path):
     ids = texts_to_ids(texts + [["unknown", "sun"]], w2v.wv, length=7)
     assert ids.shape == (19, 7) and ids[-1, 0] == w2v.wv.key_to_index["sun"] + 1 and ids[-1, 1] == 0
 
-    # The data layer reads the word vectors (tf_xmr.modeling.data_spec does this for a run); the model only gets the matrix.
+    # The data layer reads the word vectors (tf_xmr.modeling.data_spec does this for a run); the model only gets the
+    # matrix.
     spec = DataSpec(("image", "text"), {"image": 16, "text": 7}, 3,
                     word_embeddings=embedding_matrix(load_keyed_vectors(path)))
     model = _compiled(_config(text_encoder="sequence", word_vectors=path, lstm_units=3, text_filters=5), spec,

@@ -11,8 +11,8 @@ import tensorflow as tf
 
 from tests.conftest import compile_players, paired_batch, variable_ids
 from tf_xmr.config import from_dict
-from tf_xmr.experiment import load_experiment
 from tf_xmr.errors import ConfigError
+from tf_xmr.experiment import load_experiment
 from tf_xmr.methods.base import DataSpec
 from tf_xmr.methods.jfse import JFSE, JFSEConfig, scale_class_embeddings
 from tf_xmr.training.pipeline import train
@@ -128,7 +128,7 @@ def test_regressor_gets_the_reversed_modality_gradient():
         plain = model._modality_loss(*model._modality_logits(image, text, False, reverse=False))
     plain_grads = tape.gradient(plain, variables)
     assert float(reversed_loss) == pytest.approx(float(plain), rel=1e-6)
-    for r, p in zip(reversed_grads, plain_grads):
+    for r, p in zip(reversed_grads, plain_grads, strict=True):
         np.testing.assert_allclose(r.numpy(), -p.numpy(), rtol=1e-5, atol=1e-7)
 
 

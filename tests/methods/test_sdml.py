@@ -8,14 +8,14 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import run_cli, tiny_overrides
-from tf_xmr.config import from_dict
-from tf_xmr.experiment import load_experiment
-from tf_xmr.errors import ConfigError
-from tf_xmr.methods.base import DataSpec
-from tf_xmr.methods.sdml import DSAE, SDML, SDMLConfig, generate_projection, mean_row_distance
 from tf_xmr import modeling
 from tf_xmr import run_dir as layout
+from tf_xmr.config import from_dict
+from tf_xmr.errors import ConfigError
+from tf_xmr.experiment import load_experiment
 from tf_xmr.files import file_sha256, tree_hashes
+from tf_xmr.methods.base import DataSpec
+from tf_xmr.methods.sdml import DSAE, SDML, SDMLConfig, generate_projection, mean_row_distance
 from tf_xmr.training import independent
 from tf_xmr.training.pipeline import train
 
@@ -141,7 +141,7 @@ def test_five_modalities_then_a_sixth_leaves_the_others_untouched(tmp_path):
     here = SDML.modality_model(config.model, spec, "audio", state)
     here.load_weights(str(tmp_path / "audio_here" / "checkpoints" / "best.weights.h5"))
     worker = modeling.load_networks(config, spec, state, run_dir, ["audio"])["audio"]
-    for a, b in zip(here.weights, worker.weights):
+    for a, b in zip(here.weights, worker.weights, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
     def hashes():
@@ -180,7 +180,8 @@ def test_five_modalities_then_a_sixth_leaves_the_others_untouched(tmp_path):
         "already trained": tiny("", SIX, ["resume_from=" + run_dir, "model.train_modalities=[audio]", "run_dir=null"]),
         "lacks": tiny("", SIX, ["resume_from=" + run_dir, "model.train_modalities=[smell]", "run_dir=null"]),
         "classes but the stored": tiny("", SIX[:-1] + ", touch: 6}", [
-            "resume_from=" + run_dir, "model.train_modalities=[touch]", "data.synthetic.num_classes=5", "run_dir=null"]),
+            "resume_from=" + run_dir, "model.train_modalities=[touch]", "data.synthetic.num_classes=5",
+            "run_dir=null"]),
         "is not a finished 'sdml' run": tiny("", SIX, [f"resume_from={tmp_path / 'audio_here'}", "run_dir=null"]),
     }
     for message, overrides in bad.items():

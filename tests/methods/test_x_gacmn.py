@@ -1,7 +1,6 @@
 """X-GACMN: model contract, player ownership, Algorithm 1 schedule, adversarial sign switch, ablations, config errors,
 and one tiny end-to-end run of configs/x_gacmn.yaml through train.py."""
 
-import glob
 import json
 import os
 
@@ -11,8 +10,8 @@ import tensorflow as tf
 
 from tests.conftest import compile_players, paired_batch, run_cli, tensorboard_tags, variable_ids
 from tf_xmr.config import from_dict
-from tf_xmr.experiment import load_experiment
 from tf_xmr.errors import ConfigError
+from tf_xmr.experiment import load_experiment
 from tf_xmr.layers import AngularMarginSoftmax
 from tf_xmr.methods.base import DataSpec
 from tf_xmr.methods.x_gacmn import XGACMN, XGACMNConfig
@@ -114,7 +113,7 @@ def test_literal_form_reverses_the_generator_gradient():
             loss = model.player_losses("generator", batch, training=False)["loss"]
         return tape.gradient(loss, variables)
 
-    for s, lit in zip(grads(standard), grads(literal)):
+    for s, lit in zip(grads(standard), grads(literal), strict=True):
         np.testing.assert_allclose(lit.numpy(), -s.numpy(), rtol=1e-4, atol=1e-7)
         assert float(tf.reduce_sum(s * lit)) < 0 or float(tf.reduce_sum(tf.abs(s))) == 0
 
@@ -129,7 +128,7 @@ def test_literal_form_reverses_the_generator_gradient():
     before = fooling(standard)
     with tf.GradientTape() as tape:
         loss = standard.player_losses("generator", batch, training=False)["loss"]
-    for variable, gradient in zip(generator_vars, tape.gradient(loss, generator_vars)):
+    for variable, gradient in zip(generator_vars, tape.gradient(loss, generator_vars), strict=True):
         variable.assign_sub(0.05 * gradient)
     assert fooling(standard) > before
 

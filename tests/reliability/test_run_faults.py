@@ -143,7 +143,8 @@ def test_modality_names_must_be_usable_as_folder_names(tmp_path):
 
 
 def test_divergence_reports_the_guard_not_bad_data(tmp_path):
-    with pytest.raises(TrainingError, match=r"training stopped: \w+ became (nan|inf) at epoch 1, batch \d+; lower the learning rates"):
+    with pytest.raises(TrainingError, match=r"training stopped: \w+ became (nan|inf) at epoch 1, batch \d+; "
+                                            r"lower the learning rates"):
         train(_config(tmp_path / "run", "train.optimizers.embedding.learning_rate=3.0e38"))
     # No validation, no best checkpoint, no metrics: only what the run had written when it stopped.
     assert "metrics.json" not in os.listdir(tmp_path / "run")

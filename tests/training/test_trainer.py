@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli, tiny_overrides
+from tf_xmr import run_dir as layout
+from tf_xmr import scoring
 from tf_xmr.experiment import load_experiment
 from tf_xmr.training import callbacks as cb
-from tf_xmr import modeling, scoring
-from tf_xmr import run_dir as layout
 from tf_xmr.training.pipeline import train
 
 

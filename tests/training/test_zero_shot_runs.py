@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli, tiny_overrides
-from tf_xmr.experiment import load_experiment
+from tf_xmr import modeling
 from tf_xmr.data.class_split import resolve_unseen_classes
+from tf_xmr.experiment import load_experiment
 from tf_xmr.metrics import RetrievalProtocol
-from tf_xmr.scoring import embed_split
 from tf_xmr.metrics.zero_shot import seen_unseen_masks, zero_shot_report
-from tf_xmr import modeling, scoring
-from tf_xmr import run_dir as layout
+from tf_xmr.scoring import embed_split
 from tf_xmr.training.pipeline import train
 
 # A JFSE run at the size of tests/methods/test_jfse.py's end-to-end test.

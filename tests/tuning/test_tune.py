@@ -122,7 +122,7 @@ def test_objective_is_the_best_whole_validation_map_of_each_trial(search):
     rows = _table(directory)
     assert [row["status"] for row in rows] == ["COMPLETED"] * TRIALS
     assert len(spies.validations) == TRIALS
-    for row, validation in zip(rows, spies.validations):
+    for row, validation in zip(rows, spies.validations, strict=True):
         best = validation.best
         assert float(row["val_map_avg"]) == pytest.approx(best["val"]["map_avg"], abs=1e-12)
         assert int(row["best_epoch"]) == best["epoch"]
