@@ -1,6 +1,6 @@
 """Class embeddings from tiny generated word-vector files of every supported format, from the dataset, one-hot, the
-config path through load_feature_set, the out-of-vocabulary error (exit status 2, nothing written), and the real GloVe package (skipped
-when the optional extra is not installed)."""
+config path through load_feature_set, the out-of-vocabulary error (exit status 2, nothing written), and the real
+GloVe package (skipped when the optional extra is not installed)."""
 
 import importlib.util
 import os
@@ -10,12 +10,15 @@ import pytest
 
 from tf_xmr.config import from_dict
 from tf_xmr.config.schema import ClassEmbeddingConfig, DataConfig
-from tf_xmr.experiment import load_experiment
 from tf_xmr.data.class_embeddings import (
-    class_embeddings_for, class_name_words, embed_class_names, load_word_vectors,
+    class_embeddings_for,
+    class_name_words,
+    embed_class_names,
+    load_word_vectors,
 )
 from tf_xmr.data.from_config import load_feature_set
 from tf_xmr.errors import ConfigError, DataError
+from tf_xmr.experiment import load_experiment
 from tf_xmr.training.pipeline import train
 
 WORDS = {
@@ -99,7 +102,8 @@ def test_missing_or_broken_files_are_data_errors(tmp_path):
 def test_dataset_and_one_hot_sources():
     own = np.ones((3, 2), np.float32)
     assert class_embeddings_for(["a", "b", "c"], own, ClassEmbeddingConfig()) is own
-    np.testing.assert_array_equal(class_embeddings_for(["a", "b", "c"], own, ClassEmbeddingConfig("one_hot")), np.eye(3))
+    one_hot = class_embeddings_for(["a", "b", "c"], own, ClassEmbeddingConfig("one_hot"))
+    np.testing.assert_array_equal(one_hot, np.eye(3))
     with pytest.raises(ConfigError, match="path is not set"):
         class_embeddings_for(["a"], None, ClassEmbeddingConfig("word_vectors"))
 
@@ -134,7 +138,8 @@ def test_unknown_class_names_stop_a_run_before_anything_is_written(tmp_path):
     assert message.startswith("class names not in the vocabulary") and "'okapi'" in message and "'gnu'" in message
     # Through a whole run: the synthetic set's placeholder names are refused before anything is written.
     config = load_experiment("configs/acmr.yaml", [
-        f"run_dir={tmp_path / 'run'}", "data.class_embeddings.source=word_vectors", f"data.class_embeddings.path={path}",
+        f"run_dir={tmp_path / 'run'}", "data.class_embeddings.source=word_vectors",
+        f"data.class_embeddings.path={path}",
         "data.synthetic.dims={image: 8, text: 4}", "data.synthetic.num_train=100", "data.synthetic.num_test=30",
     ])
     with pytest.raises(ConfigError, match="data.class_embeddings.source is 'word_vectors'"):

@@ -22,7 +22,8 @@ def _split(n=12, dims=(5, 3), num_classes=3, seed=0, paired=True):
 
 def _feature_set(**splits):
     splits = splits or {"train": _split(12), "test": _split(6, seed=1)}
-    return FeatureSet(name="toy", modalities=("image", "text"), class_names=("a", "b", "c"), splits=splits, source="toy.npz")
+    return FeatureSet(name="toy", modalities=("image", "text"), class_names=("a", "b", "c"), splits=splits,
+                      source="toy.npz")
 
 
 def _error(fs) -> str:
@@ -217,7 +218,7 @@ def test_stratified_split_is_seeded():
     a = stratified_split(labels, 0.2, seed=5)
     b = stratified_split(labels, 0.2, seed=5)
     c = stratified_split(labels, 0.2, seed=6)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not np.array_equal(a[1], c[1])
 
 

@@ -45,9 +45,9 @@ def test_groups_are_same_class_other_items_and_reproducible():
     ids_text = np.concatenate([-b[group_key("text")][:, :, 0] for b in first])
     assert np.mean(ids_image == ids_text) < 0.5
     # Re-iterating (next epoch) draws new groups; a new pipeline with the same seed repeats the run exactly.
-    assert any(np.any(a[group_key("image")] != b[group_key("image")]) for a, b in zip(first, again))
+    assert any(np.any(a[group_key("image")] != b[group_key("image")]) for a, b in zip(first, again, strict=True))
     rerun = _collect(groups.attach(_dataset(features, labels), alpha=4, seed=7))
-    for a, b in zip(first, rerun):
+    for a, b in zip(first, rerun, strict=True):
         np.testing.assert_array_equal(a[group_key("image")], b[group_key("image")])
 
 

@@ -50,7 +50,7 @@ def test_round_trip_equals_in_memory_pipeline(small, written):
         assert mem_ds.element_spec == rec_ds.element_spec
         mem_batches, rec_batches = list(mem_ds.as_numpy_iterator()), list(rec_ds.as_numpy_iterator())
         assert len(mem_batches) == len(rec_batches)
-        for a, b in zip(mem_batches, rec_batches):
+        for a, b in zip(mem_batches, rec_batches, strict=True):
             assert a.keys() == b.keys()
             for key in a:
                 assert a[key].dtype == b[key].dtype == np.float32
@@ -74,7 +74,8 @@ def test_sidecar_contents(small, written):
     assert meta["num_shards"] == 4
     for split_name, split in small.splits.items():
         info = meta["splits"][split_name]
-        assert info["paired"] is True and info["counts"] == {"image": split.num_examples(), "text": split.num_examples()}
+        n = split.num_examples()
+        assert info["paired"] is True and info["counts"] == {"image": n, "text": n}
         assert sum(info["class_counts"]["image"]) == split.num_examples()
     for m in small.modalities:
         mean, std = feature_stats(small.splits["train"], m)

@@ -9,7 +9,6 @@ import tensorflow as tf
 from tf_xmr.layers import AngularMarginSoftmax
 from tf_xmr.layers.angular_margin import annealed_lambda, chebyshev, margin_cosine
 
-
 # (m, theta, psi(theta)) worked by hand from psi = (-1)^k cos(m theta) - 2k, k = floor(m theta / pi):
 HAND_PSI = [
     (2, math.pi / 3, -0.5),                    # k=0: cos(2pi/3)

@@ -6,7 +6,13 @@ import pytest
 import tensorflow as tf
 
 from tf_xmr.losses.alignment import (
-    MMD_SIGMAS, alignment_loss, cmpm_loss, coral_loss, covariance, mmd_loss, multi_rbf_kernel,
+    MMD_SIGMAS,
+    alignment_loss,
+    cmpm_loss,
+    coral_loss,
+    covariance,
+    mmd_loss,
+    multi_rbf_kernel,
 )
 from tf_xmr.losses.wgan import critic_loss, generator_loss, gradient_penalty, interpolate
 
@@ -35,7 +41,8 @@ def test_penalty_of_a_linear_critic_is_the_known_constant():
     w = np.array([3.0, 4.0], np.float32)  # ||w|| = 5 -> (5 - 1)^2 = 16
     rng = np.random.default_rng(0)
     real, fake = rng.normal(size=(6, 2)).astype(np.float32), rng.normal(size=(6, 2)).astype(np.float32)
-    gp, _ = _penalty_of(lambda x: tf.linalg.matvec(x, tf.constant(w)), real, fake, rng.uniform(size=6).astype(np.float32))
+    eps = rng.uniform(size=6).astype(np.float32)
+    gp, _ = _penalty_of(lambda x: tf.linalg.matvec(x, tf.constant(w)), real, fake, eps)
     assert gp == pytest.approx(16.0, rel=1e-5)
 
 

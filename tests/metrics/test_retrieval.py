@@ -19,9 +19,9 @@ from tf_xmr.metrics import (
     precision_scope_curve,
     recall_at_k,
     relevance_matrix,
+    retrieval,
     similarity,
 )
-from tf_xmr.metrics import retrieval
 from tf_xmr.metrics.reference import (
     average_precision_loop,
     precision_at_k_loop,
