@@ -4,14 +4,17 @@ A new method gets these tests by registering itself; its own test file keeps onl
 synthetic batch (two modalities, a few dozen items, small dims):
 
 - one training step through ``fit`` gives finite losses (run eagerly: tracing would cost 10-30 s per method on a
-  busy 2-core machine; the traced and XLA paths run in the slow resume case and in the per-method files);
+  busy 2-core machine; the traced path runs in test_resume.py's runs, XLA in the per-method files);
 - each player's optimiser step changes only that player's variables, and the players' variable sets split the
   model's trainable variables between them (jointly trained methods, from ``players()``); independent-modality
   methods (SDML): a step of one modality network changes that network only, never the shared state;
 - ``save_weights`` / ``load_weights`` into a freshly built model reproduces every weight and the encoders' outputs;
 - the exported SavedModel (``tf_xmr.export.export_encoder``, reloaded with ``tf.saved_model.load``) reproduces the
-  Keras encoder to 1e-5;
-- (slow) a run interrupted mid-epoch and resumed ends with the same weights as an uninterrupted one.
+  Keras encoder to 1e-5.
+
+That a run interrupted mid-epoch and resumed ends with the uninterrupted run's scores and best-checkpoint arrays is
+part of the contract too; it is checked for every registered method in tests/training/test_resume.py (one pair of
+trainings per method there, not a second pair here).
 
 Model sizes: ``TINY`` shrinks the built-in methods; a method without an entry runs with its config defaults (slower,
 still correct), so adding one is optional.
@@ -20,19 +23,13 @@ still correct), so adding one is optional.
 from __future__ import annotations
 
 import functools
-import glob
-import os
-import shutil
 
-import h5py
 import numpy as np
 import pytest
 import tensorflow as tf
-import yaml
 
-from tests.conftest import ROOT, compile_players, paired_batch, variable_ids
+from tests.conftest import compile_players, paired_batch, variable_ids
 from tf_xmr.config import from_dict
-from tf_xmr.experiment import load_experiment
 from tf_xmr.export import export_encoder
 from tf_xmr.methods import get_method, registered_methods
 from tf_xmr.methods.base import DataSpec
@@ -251,68 +248,3 @@ def test_exported_encoders_reproduce_the_keras_encoders(method, tmp_path):
         x = features(m)
         exported = serve(features=tf.constant(x))["embedding"].numpy()
         np.testing.assert_allclose(exported, encoder(x, training=False).numpy(), rtol=0, atol=1e-5, err_msg=m)
-
-
-# -- resume (slow: two short trainings per method) ---------------------------------------------------------------------
-
-
-def _yaml_value(value) -> str:
-    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-
-
-def resume_overrides(method: str, run_dir: str) -> list[str]:
-    """configs/<method>.yaml at the smallest size: 2 epochs of 4 steps, validated (and so checkpointed) only after
-    the last epoch, so the best checkpoint holds the final weights."""
-    return [
-        f"run_dir={run_dir}", "train.epochs=2", "train.eval_every=2", "train.verbose=0", "train.batch_size=32",
-        "train.jit_compile=false", "train.deterministic=true", "eval.extra_presets=[]", "export.enabled=false",
-        f"data.synthetic.dims={{image: {IMAGE_DIM}, text: {TEXT_DIM}}}", "data.synthetic.num_train=120",
-        "data.synthetic.num_test=40", f"data.synthetic.num_classes={NUM_CLASSES + 1}",
-        f"data.synthetic.class_embedding_dim={CLASS_EMBEDDING_DIM}",
-        *[f"model.{key}={_yaml_value(value)}" for key, value in TINY.get(method, {}).items()],
-    ]
-
-
-def checkpoint_arrays(run_dir: str) -> dict[str, np.ndarray]:
-    """Every array of every best checkpoint of a run (joint: one file; independent: one per modality)."""
-    arrays = {}
-    for path in sorted(glob.glob(os.path.join(run_dir, "**", "best.weights.h5"), recursive=True)):
-        relative = os.path.relpath(path, run_dir)
-        with h5py.File(path, "r") as handle:
-            handle.visititems(lambda name, item, r=relative: arrays.__setitem__(f"{r}:{name}", item[()])
-                              if isinstance(item, h5py.Dataset) else None)
-    return arrays
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("method", METHODS)
-def test_interrupted_and_resumed_run_ends_with_the_uninterrupted_weights(method, tmp_path):
-    from tests import faults
-    from tf_xmr.training.pipeline import train
-
-    config_path = os.path.join(ROOT, "configs", f"{method}.yaml")
-    assert os.path.exists(config_path), f"method {method!r} has no synthetic-benchmark config {config_path}"
-    run_dir, snapshot = str(tmp_path / "run"), str(tmp_path / "interrupted")
-    config = load_experiment(config_path, resume_overrides(method, run_dir))
-
-    def take_snapshot():
-        # What a kill two steps into epoch 2 leaves on disk (the epoch-1 backup); first fit only (SDML fits twice).
-        if not os.path.exists(snapshot):
-            shutil.copytree(run_dir, snapshot)
-
-    with faults.at_step(2, 2, take_snapshot):
-        train(config)
-    assert os.path.isdir(snapshot), "the interruption point was never reached"
-    # The interrupted state goes where the run was (its config.yaml names that run_dir); the same config resumes it.
-    reference = str(tmp_path / "uninterrupted")
-    shutil.move(run_dir, reference)
-    shutil.move(snapshot, run_dir)
-    resumed = train(config)
-    record = resumed.metrics["resumed_from"]
-    points = [p for per_network in record.values() for p in per_network] if isinstance(record, dict) else record
-    assert points, "the second run started over instead of resuming"
-
-    expected, got = checkpoint_arrays(reference), checkpoint_arrays(run_dir)
-    assert expected and sorted(got) == sorted(expected)
-    for name, array in expected.items():
-        np.testing.assert_array_equal(got[name], array, err_msg=name)

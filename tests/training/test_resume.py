@@ -1,10 +1,14 @@
 """Kill-and-resume: an interrupted run, rerun with the same command, continues from its last epoch backup and (with
-``train.deterministic: true``) ends with exactly the metrics of an uninterrupted run; a run directory that cannot be
-written, or a disk without room for the run, is refused before anything is written.
+``train.deterministic: true``) ends with exactly the metrics and the best-checkpoint arrays of an uninterrupted run;
+a run directory that cannot be written, or a disk without room for the run, is refused before anything is written.
 
-Equality is exact (``==`` on the floats of metrics.json), not a tolerance: with op determinism both runs execute the
-same ops on the same values in the same order, so any difference at all means some state (optimiser slots, RNG,
-shuffle order, schedule position, validation state) was not restored.
+This is the resume part of the method contract (tests/methods/test_contract.py): it runs for every registered method.
+
+Equality is exact (``==`` on the floats of metrics.json, ``array_equal`` on every array of the best checkpoints), not
+a tolerance: with op determinism both runs execute the same ops on the same values in the same order, so any
+difference at all means some state (optimiser slots, RNG, shuffle order, schedule position, validation state) was not
+restored. The arrays cover what the scores cannot see (the discriminators, critics and other players that do not
+embed).
 
 Cost: every run is tiny (120 items, 6-24-d features, 2 epochs of 4 steps, no XLA, no export). An uninterrupted
 reference run per method doubles as the interrupted one: a copy of its run directory taken mid-epoch 2 is exactly what
@@ -15,6 +19,7 @@ the same command again. The interruption points are set by ``tests/faults.py``, 
 hook.
 """
 
+import glob
 import json
 import os
 import shutil
@@ -23,11 +28,14 @@ import subprocess
 import sys
 import time
 
+import h5py
+import numpy as np
 import pytest
 
 from tests import faults
 from tests.conftest import ROOT
 from tf_xmr.experiment import load_experiment
+from tf_xmr.methods import registered_methods
 from tf_xmr.training import callbacks as cb
 from tf_xmr.training.pipeline import train
 
@@ -65,6 +73,9 @@ METHODS = {
     "sdml": ["data.synthetic.dims={image: 24, text: 12}", "model.encoder_units=[16]", "model.decoder_units=[16]",
              "model.common_dim=8"],
 }
+# A registered method without an entry above runs at its config's size (slower, still correct), validated after the
+# last epoch only so that its compared checkpoint comes from the resumed epoch.
+DEFAULT_METHOD_OVERRIDES = [LAST_EPOCH_ONLY]
 # Where the interruption happens: mid-epoch 2 (after the epoch-1 backup, two steps into epoch 2). SDML
 # is interrupted in its second network, so the first one is finished and must be kept as it is.
 INTERRUPT = {"epoch": 2, "step": 2}
@@ -74,7 +85,7 @@ COMPARED = ("val", "test", "presets", "protocol")
 
 
 def overrides(method, run_dir):
-    return [f"run_dir={run_dir}", *COMMON, *METHODS[method]]
+    return [f"run_dir={run_dir}", *COMMON, *METHODS.get(method, DEFAULT_METHOD_OVERRIDES)]
 
 
 def config(method, run_dir):
@@ -137,6 +148,28 @@ def assert_same_scores(resumed, reference):
     assert reference["resumed_from"] in ([], {"image": [], "text": []})
 
 
+def checkpoint_arrays(run_dir):
+    """Every array of every best checkpoint of a run (joint: one file; independent: one per modality)."""
+    arrays = {}
+    for path in sorted(glob.glob(os.path.join(run_dir, "**", "best.weights.h5"), recursive=True)):
+        relative = os.path.relpath(path, run_dir)
+        with h5py.File(path, "r") as handle:
+            handle.visititems(lambda name, item, r=relative: arrays.__setitem__(f"{r}:{name}", item[()])
+                              if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
+def assert_same_checkpoints(resumed_dir, reference_dir):
+    # Both best checkpoints come from the last epoch (assert_same_scores checks best_epoch), so they hold the final
+    # weights of every player.
+    expected, got = checkpoint_arrays(reference_dir), checkpoint_arrays(resumed_dir)
+    assert expected and sorted(got) == sorted(expected)
+    for name, array in expected.items():
+        np.testing.assert_array_equal(got[name], array, err_msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
 def test_sigkill_mid_epoch_then_the_same_command_resumes_and_matches_an_uninterrupted_run(tmp_root):
     """ACMR's resume-equivalence case (the other methods: the next test), with a real process kill."""
     run_dir = os.path.join(tmp_root, "acmr-killed")
@@ -177,6 +210,7 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_and_matches_an_uninterr
     resumed = read_metrics(run_dir)
     assert resumed["resumed_from"] == [{"epoch": 1, "step": STEPS_PER_EPOCH}]
     assert_same_scores(resumed, reference)
+    assert_same_checkpoints(run_dir, os.path.join(tmp_root, "acmr-reference"))
     assert not os.path.exists(os.path.join(checkpoint_dir, "backup"))  # removed once the run finished
     # TensorBoard continues: the resumed process logs epoch 2 (step 2) in a new event file next to the killed one's
     # epoch 1 (step 1), which is on disk although the process was killed (flushed at the epoch end).
@@ -195,7 +229,8 @@ def test_sigkill_mid_epoch_then_the_same_command_resumes_and_matches_an_uninterr
         assert sorted(steps_by_file.values()) == [[1], [2]], (sub, steps_by_file)
 
 
-@pytest.mark.parametrize("method", [m for m in METHODS if m != "acmr"])  # ACMR: the SIGKILL test above
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [m for m in registered_methods() if m != "acmr"])  # ACMR: the SIGKILL test above
 def test_every_method_resumes_mid_epoch_to_the_uninterrupted_result(method, tmp_root):
     reference, snapshot = reference_with_snapshot(method, tmp_root)
     run_dir = os.path.join(tmp_root, f"{method}-reference")
@@ -206,6 +241,7 @@ def test_every_method_resumes_mid_epoch_to_the_uninterrupted_result(method, tmp_
     assert not os.path.exists(os.path.join(run_dir, "metrics.json"))
     resumed = train(config(method, run_dir)).metrics
     assert_same_scores(resumed, reference)
+    assert_same_checkpoints(run_dir, run_dir + "-done")
     # SDML drops the last partial batch (configs/_base/sdml.yaml, as its authors' code): 107 // 32 = 3 steps.
     steps = 3 if method == "sdml" else STEPS_PER_EPOCH
     point = {"epoch": INTERRUPT["epoch"] - 1, "step": (INTERRUPT["epoch"] - 1) * steps}
@@ -221,8 +257,6 @@ def test_every_method_resumes_mid_epoch_to_the_uninterrupted_result(method, tmp_
 def test_training_stream_order_is_keyed_to_the_epoch_not_to_the_iterator():
     """The fix behind exact resumes of the input: a stream started at epoch e (a fresh process) yields exactly the
     batches an uninterrupted stream yields from epoch e on; every epoch is a new permutation of every item."""
-    import numpy as np
-
     from tf_xmr.data import make_training_stream
     from tf_xmr.data.feature_set import Split
 
@@ -253,7 +287,6 @@ def test_the_stream_feeds_fit_the_epochs_a_finite_pipeline_fed_it():
     """The claim behind the previous assertion, measured on fit itself: a finite make_dataset pipeline given to fit
     epoch by epoch, and the stream given to fit with steps_per_epoch, deliver the same batches in the same order."""
     import keras
-    import numpy as np
 
     from tf_xmr.data import make_dataset, make_training_stream
     from tf_xmr.data.feature_set import Split
@@ -350,7 +383,6 @@ def test_a_kill_between_validation_and_backup_resumes_with_the_backup_validation
     in between must neither count the re-trained epoch twice (patience, "best" that is not better) nor keep the
     killed attempt's checkpoint labelled with the backup's best epoch."""
     import keras
-    import numpy as np
 
     from tf_xmr.training import resume
 
