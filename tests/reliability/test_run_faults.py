@@ -18,7 +18,10 @@ from tf_xmr.training.pipeline import train
 
 
 def _config(run_dir, *extra, epochs=1):
-    return load_experiment("configs/acmr.yaml", tiny_overrides(str(run_dir), epochs=epochs, extra=list(extra)))
+    # No XLA: compiling the step would be most of each seconds-long run, and none of these faults depends on it (the
+    # XLA path of a whole run is tests/training/test_train_cli.py's).
+    return load_experiment("configs/acmr.yaml", tiny_overrides(str(run_dir), epochs=epochs,
+                                                               extra=["train.jit_compile=false", *extra]))
 
 
 def _listing(root) -> list[str]:
