@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli, tiny_overrides
+from tests.conftest import tiny_overrides
+from tests.training.test_train_cli import run_in_process
 from tf_xmr import modeling
 from tf_xmr.data.class_split import resolve_unseen_classes
 from tf_xmr.experiment import load_experiment
@@ -16,8 +17,10 @@ from tf_xmr.metrics.zero_shot import seen_unseen_masks, zero_shot_report
 from tf_xmr.scoring import embed_split
 from tf_xmr.training.pipeline import train
 
-# A JFSE run at the size of tests/methods/test_jfse.py's end-to-end test.
+# A JFSE run at the size of tests/methods/test_jfse.py's end-to-end test, without its export (the metrics compared
+# here are scored before the export; exporting JFSE's encoders is checked there and in test_contract.py).
 JFSE_TINY = [
+    "export.enabled=false",
     "train.epochs=1", "train.verbose=0", "train.batch_size=32", "train.jit_compile=false", "train.backup=false",
     "eval.extra_presets=[]", "data.synthetic.dims={image: 24, text: 12}", "data.synthetic.num_train=200",
     "data.synthetic.num_test=80", "data.synthetic.num_classes=4", "data.synthetic.class_embedding_dim=6",
@@ -79,17 +82,16 @@ def test_metrics_hold_the_three_protocols_computed_from_the_chosen_checkpoint(ac
     assert unseen_mask.sum() > 0 and report["random_ranking"]["standard"]["map_avg"] != report["standard"]["map_avg"]
 
 
-@pytest.mark.slow
-@pytest.mark.e2e
-def test_evaluate_reproduces_the_zero_shot_block(acmr_zero_shot_run):
+def test_evaluate_reproduces_the_zero_shot_block(acmr_zero_shot_run, capsys, monkeypatch):
+    # evaluate.py's main() in this process; its run in a fresh process is tests/training/test_train_cli.py's.
     _, _, _, result = acmr_zero_shot_run
-    done = run_cli("evaluate.py", "--run-dir", result.run_dir, "--json")
+    done = run_in_process(capsys, monkeypatch, "evaluate.py", "--run-dir", result.run_dir, "--json")
     assert done.returncode == 0, done.stderr
     rescored = json.loads(done.stdout)["zero_shot"]
     for block in ("standard", "zero_shot"):
         assert rescored[block]["map_avg"] == pytest.approx(result.metrics["zero_shot"][block]["map_avg"], abs=1e-5)
     assert rescored["random_ranking"] == result.metrics["zero_shot"]["random_ranking"]
-    table = run_cli("evaluate.py", "--run-dir", result.run_dir)
+    table = run_in_process(capsys, monkeypatch, "evaluate.py", "--run-dir", result.run_dir)
     assert table.returncode == 0 and "zero-shot (unseen)" in table.stdout and "GZS harmonic mean" in table.stdout
 
 
