@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import ROOT, compile_players, paired_batch, run_cli, tensorboard_tags, variable_ids
+from tests.conftest import ROOT, compile_players, paired_batch, tensorboard_tags, variable_ids
+from tests.training.test_train_cli import run_in_process
 from tf_xmr.config import from_dict
 from tf_xmr.data.grouping import group_key
 from tf_xmr.errors import ConfigError
@@ -238,8 +239,9 @@ def test_shipped_configs_load():
 
 
 @pytest.mark.slow
-@pytest.mark.e2e
-def test_train_cli_end_to_end(tmp_path):
+def test_train_cli_end_to_end(tmp_path, capsys, monkeypatch):
+    # train.py's main() in this process (test_train_cli.py runs train.py itself in a fresh process): a new interpreter
+    # would add its TensorFlow import and nothing specific to this method.
     run_dir = str(tmp_path / "da_gan")
     overrides = [
         f"run_dir={run_dir}", "train.epochs=2", "train.backup=false", "train.verbose=2", "train.batch_size=32",
@@ -247,7 +249,8 @@ def test_train_cli_end_to_end(tmp_path):
         "data.synthetic.dims={image: 32, text: 12}", "data.synthetic.num_train=200", "data.synthetic.num_test=60",
         "data.synthetic.num_classes=4", *[f"model.{k}={v}" for k, v in {**TINY, "feature_dim": 32}.items()],
     ]
-    result = run_cli("train.py", "--config", "configs/da_gan.yaml", *[a for o in overrides for a in ("--set", o)])
+    result = run_in_process(capsys, monkeypatch, "train.py", "--config", "configs/da_gan.yaml",
+                            *[a for o in overrides for a in ("--set", o)])
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(run_dir, "metrics.json")) as handle:
         metrics = json.load(handle)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import run_cli, tiny_overrides
+from tests.conftest import tiny_overrides
+from tests.training.test_train_cli import run_in_process
 from tf_xmr import modeling
 from tf_xmr import run_dir as layout
 from tf_xmr.config import from_dict
@@ -190,12 +191,12 @@ def test_five_modalities_then_a_sixth_leaves_the_others_untouched(tmp_path):
     assert tree_hashes(run_dir) == everything
 
 
-@pytest.mark.slow
-@pytest.mark.e2e
-def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, monkeypatch):
+    # train.py's main() in this process; train.py's one-line errors in a fresh process: test_train_cli.py.
     run_dir = tmp_path / "run"
     sets = tiny(str(run_dir), extra=["model.train_modalities=[image, smell]"])
-    result = run_cli("train.py", "--config", "configs/sdml_5modal.yaml", *[a for s in sets for a in ("--set", s)])
+    result = run_in_process(capsys, monkeypatch, "train.py", "--config", "configs/sdml_5modal.yaml",
+                            *[a for s in sets for a in ("--set", s)])
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("error: config key 'model.train_modalities' names modality 'smell'")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import compile_players, paired_batch, run_cli, tensorboard_tags, variable_ids
+from tests.conftest import compile_players, paired_batch, tensorboard_tags, variable_ids
+from tests.training.test_train_cli import run_in_process
 from tf_xmr.config import from_dict
 from tf_xmr.errors import ConfigError
 from tf_xmr.experiment import load_experiment
@@ -196,8 +197,9 @@ def test_feature_scale_makes_the_softmax_terms_blind_to_the_common_norm():
 
 
 @pytest.mark.slow
-@pytest.mark.e2e
-def test_train_cli_end_to_end(tmp_path):
+def test_train_cli_end_to_end(tmp_path, capsys, monkeypatch):
+    # train.py's main() in this process (test_train_cli.py runs train.py itself in a fresh process): a new interpreter
+    # would add its TensorFlow import and nothing specific to this method.
     run_dir = str(tmp_path / "x_gacmn")
     overrides = [
         f"run_dir={run_dir}", "train.epochs=2", "train.verbose=2", "train.batch_size=32",
@@ -206,7 +208,8 @@ def test_train_cli_end_to_end(tmp_path):
         "model.synthetic_discriminator_hidden=16", "model.common_discriminator_hidden=8",
         "train.jit_compile=false",  # XLA compilation would dominate a seconds-long run
     ]
-    result = run_cli("train.py", "--config", "configs/x_gacmn.yaml", *[a for o in overrides for a in ("--set", o)])
+    result = run_in_process(capsys, monkeypatch, "train.py", "--config", "configs/x_gacmn.yaml",
+                            *[a for o in overrides for a in ("--set", o)])
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(run_dir, "metrics.json")) as handle:
         metrics = json.load(handle)
