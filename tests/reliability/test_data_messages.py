@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import run_cli
+from tests.training.test_train_cli import run_in_process
 from tf_xmr.data import load_arrays
 from tf_xmr.errors import DataError, ModelInputError
 from tf_xmr.export.saved_model import ExportedEncoder, export_encoder
@@ -109,15 +109,15 @@ def test_exported_encoder_still_embeds_numbers(exported):
         exported(np.zeros((2, 4)))
 
 
-@pytest.mark.slow
-@pytest.mark.e2e
-def test_train_cli_on_a_text_npz_is_one_line_and_writes_nothing(tmp_path):
+def test_train_cli_on_a_text_npz_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    # train.py's main() in this process (its one-line errors in a fresh process: tests/training/test_train_cli.py).
     path = tmp_path / "features.npz"
     path.write_text("not an archive\n", encoding="utf-8")
     run_dir = tmp_path / "run"
-    result = run_cli("train.py", "--config", "configs/acmr.yaml", "--set", f"run_dir={run_dir}",
-                     "--set", "data.source=arrays", "--set", f"data.arrays.paths={{train: {path}}}",
-                     "--set", "data.arrays.keys={train: {image: img, text: txt, labels: y}}")
+    result = run_in_process(capsys, monkeypatch, "train.py", "--config", "configs/acmr.yaml",
+                            "--set", f"run_dir={run_dir}", "--set", "data.source=arrays",
+                            "--set", f"data.arrays.paths={{train: {path}}}",
+                            "--set", "data.arrays.keys={train: {image: img, text: txt, labels: y}}")
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: arrays: {path} is not an .npz archive (a zip of named .npy arrays, as np.savez "

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from tests.conftest import run_cli
+from tests.training.test_train_cli import run_in_process
 from tf_xmr.config import from_dict
 from tf_xmr.config.schema import DataConfig
 from tf_xmr.data.from_config import load_feature_set
@@ -227,17 +227,16 @@ def test_named_classes_and_one_hot_still_embed(tmp_path):
     np.testing.assert_array_equal(load_feature_set(one_hot, seed=0).class_embeddings, np.eye(3))
 
 
-@pytest.mark.slow
-@pytest.mark.e2e
-def test_jfse_with_glove_and_placeholder_names_stops_before_writing(tmp_path):
+def test_jfse_with_glove_and_placeholder_names_stops_before_writing(tmp_path, capsys, monkeypatch):
+    # train.py's main() in this process (its one-line errors in a fresh process: tests/training/test_train_cli.py).
     path = _index_file(tmp_path, tr=TRAIN_ROWS, te=TEST_ROWS)
     run_dir = tmp_path / "run"
-    result = run_cli("train.py", "--config", "configs/jfse.yaml", "--set", f"run_dir={run_dir}",
-                     "--set", "data.source=arrays", "--set", f"data.arrays.paths={{train: {path}, test: {path}}}",
-                     "--set", "data.arrays.keys={train: {image: img, text: txt, labels: y}, "
-                              "test: {image: img, text: txt, labels: y}}",
-                     "--set", "data.arrays.indices={train: tr, test: te}",
-                     "--set", "data.class_embeddings.source=glove_6b_50d")
+    result = run_in_process(
+        capsys, monkeypatch, "train.py", "--config", "configs/jfse.yaml", "--set", f"run_dir={run_dir}",
+        "--set", "data.source=arrays", "--set", f"data.arrays.paths={{train: {path}, test: {path}}}",
+        "--set", "data.arrays.keys={train: {image: img, text: txt, labels: y}, "
+                 "test: {image: img, text: txt, labels: y}}",
+        "--set", "data.arrays.indices={train: tr, test: te}", "--set", "data.class_embeddings.source=glove_6b_50d")
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "placeholder names (class_0, class_1, class_2)" in errors[0]

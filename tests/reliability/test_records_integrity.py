@@ -12,7 +12,8 @@ import struct
 
 import pytest
 
-from tests.conftest import run_cli, tiny_overrides
+from tests.conftest import tiny_overrides
+from tests.training.test_train_cli import run_in_process
 from tf_xmr.data import load_records, make_synthetic, write_records
 from tf_xmr.errors import DataError
 
@@ -139,16 +140,16 @@ def test_verify_false_skips_the_pass(pristine, tmp_path):
     assert load_records(root, verify=False).splits["train"].num_examples() == 72
 
 
-@pytest.mark.slow
-@pytest.mark.e2e
 @pytest.mark.parametrize("split", ["train", "test"])
-def test_train_cli_refuses_truncated_records_before_writing(pristine, tmp_path, split):
+def test_train_cli_refuses_truncated_records_before_writing(pristine, tmp_path, capsys, monkeypatch, split):
+    # train.py's main() in this process (its one-line errors in a fresh process: tests/training/test_train_cli.py).
     root = _copy(pristine, "paired", tmp_path)
     shard = os.path.join(root, f"{split}-00000-of-{NUM_SHARDS:05d}.tfrecord")
     os.truncate(shard, _record_offsets(shard)[9 if split == "train" else 3])
     run_dir = tmp_path / "run"
     overrides = tiny_overrides(run_dir, epochs=1, extra=["data.source=records", f"data.root={root}"])
-    result = run_cli("train.py", "--config", "configs/acmr.yaml", *[a for o in overrides for a in ("--set", o)])
+    result = run_in_process(capsys, monkeypatch, "train.py", "--config", "configs/acmr.yaml",
+                            *[a for o in overrides for a in ("--set", o)])
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(f"error: records: shard {shard} (split {split!r}) holds")
