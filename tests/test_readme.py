@@ -652,24 +652,47 @@ def test_config_reference_command_rewrites_the_readme_block(tmp_path):
     assert (tmp_path / "README.md").read_text() == original
 
 
+def _collected(command: str) -> set[str]:
+    """Test ids a README pytest command selects, collected (not run) in a subprocess without xdist (under -n the
+    workers collect and --collect-only lists no test ids)."""
+    argv = shlex.split(command)[1:]
+    if "-n" in argv:
+        at = argv.index("-n")
+        del argv[at:at + 2]
+    argv += ["--collect-only", "-p", "no:xdist"]  # the command's own -q lists one id per line (-qq only counts)
+    result = run_cli(*argv, timeout=None)
+    assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-2000:])
+    return {line for line in result.stdout.splitlines() if "::" in line}
+
+
+def _session_is_the_full_suite(config: pytest.Config) -> bool:
+    """This pytest session collected every test of ``tests`` with nothing deselected (CI's command)."""
+    paths = [os.path.normpath(os.path.join(str(config.invocation_params.dir), a)) for a in config.args]
+    narrowed = (config.option.markexpr, config.option.keyword, config.getoption("deselect", None),
+                config.getoption("ignore", None), config.getoption("ignore_glob", None),
+                config.getoption("lf", False), config.getoption("stepwise", False))
+    return paths == [os.path.join(ROOT, "tests")] and not any(narrowed)
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
-def test_daily_tier_command_leaves_out_exactly_the_slow_tests():
-    """The daily command selects every test except the `slow` ones (collected, not run: running them is CI's job)."""
-    def collected(command: str) -> set[str]:
-        argv = shlex.split(command)[1:]
-        if "-n" in argv:  # under xdist the workers collect and --collect-only lists no test ids
-            at = argv.index("-n")
-            del argv[at:at + 2]
-        argv += ["--collect-only", "-q", "-p", "no:xdist"]
-        result = run_cli(*argv, timeout=None)
-        assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-2000:])
-        return {line for line in result.stdout.splitlines() if "::" in line}
+def test_daily_tier_command_leaves_out_exactly_the_slow_tests(request):
+    """The daily command selects every test except the `slow` ones (collected, not run: running them is CI's job).
 
-    daily = collected(DAILY_TIER)
-    everything = collected(FULL_SUITE)
-    slow = collected('python -m pytest -q -m "slow" tests')
-    assert daily and slow and daily | slow == everything and not daily & slow
+    Under the full suite this session has already collected every test (under xdist each worker collects all of them,
+    pytest-xdist 3.8), so only the daily command is collected in a subprocess (about 14 s) and the session's own items
+    say which tests are slow. Run on its own, the test collects the full suite and the slow tier too.
+    """
+    daily = _collected(DAILY_TIER)
+    if _session_is_the_full_suite(request.config):
+        items = request.session.items
+        everything = {item.nodeid for item in items}
+        slow = {item.nodeid for item in items if item.get_closest_marker("slow")}
+    else:
+        everything = _collected(FULL_SUITE)
+        slow = _collected('python -m pytest -q -m "slow" tests')
+    assert daily and slow and daily | slow == everything and not daily & slow, (
+        sorted(daily & slow)[:5], sorted(everything - daily - slow)[:5], sorted((daily | slow) - everything)[:5])
     assert "tests/test_readme.py::test_every_readme_command_is_exercised" in daily
 
 
