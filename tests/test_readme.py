@@ -421,10 +421,12 @@ def test_wikipedia_result_commands(tmp_path):
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_x_gacmn_headline_command(tmp_path):
-    """The X-GACMN synthetic command verbatim (about 2-4 minutes on 2 cores): a useful model, logs, exports."""
+    """The X-GACMN synthetic command, shortened to 8 epochs on 300 items (with XLA, as configured): a model above
+    chance, logs, exports. The command as written (15 epochs, 2173 items) took 195 s alone on 2 cores; this 36 s, test
+    mAP 0.221 against random rankings' 0.154 (measured 2026-12-07, seed 0)."""
     command = "python train.py --config configs/x_gacmn.yaml"
     run_dir = str(tmp_path / "x_gacmn")
-    result = _run_readme(command + f" --set run_dir={run_dir}", {})
+    result = _run_readme(command + _SHORT_SYNTHETIC + f" --set train.epochs=8 --set run_dir={run_dir}", {})
     assert result.returncode == 0, result.stderr[-2000:]
     assert_beats_random(run_dir)
     for modality in ("image", "text"):
