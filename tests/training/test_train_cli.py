@@ -22,10 +22,10 @@ def _sets(overrides):
 
 
 def run_in_process(capsys, monkeypatch, script, *args) -> subprocess.CompletedProcess:
-    """``python SCRIPT ARGS`` (train.py, evaluate.py, tune.py) in this process, from the repository root: the command's
-    ``main`` under ``tf_xmr.cli.run``, which is all the script's ``__main__`` block runs. Returns the exit status,
-    stdout and stderr as ``run_cli`` does for a fresh process (a new interpreter would add only its TensorFlow
-    import, several seconds of CPU)."""
+    """``python SCRIPT ARGS`` (train.py, evaluate.py, tune.py; or a ``tf-xmr`` command name such as ``data``) in this
+    process, from the repository root: the command's ``main`` under ``tf_xmr.cli.run``, which is all the script's
+    ``__main__`` block runs. Returns the exit status, stdout and stderr as ``run_cli`` does for a fresh process (a new
+    interpreter would add only its TensorFlow import, several seconds of CPU)."""
     import importlib
 
     from tf_xmr.cli import COMMANDS, run

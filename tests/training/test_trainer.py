@@ -6,7 +6,8 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import run_cli, tiny_overrides
+from tests.conftest import tiny_overrides
+from tests.training.test_train_cli import run_in_process
 from tf_xmr import run_dir as layout
 from tf_xmr import scoring
 from tf_xmr.experiment import load_experiment
@@ -162,13 +163,16 @@ def test_grl_dann_schedule():
 
 
 @pytest.mark.slow
-@pytest.mark.e2e
-def test_convert_to_records_and_train_on_them(tmp_path):
+def test_convert_to_records_and_train_on_them(tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "records")
     sets = tiny_overrides(str(tmp_path / "unused"))
     args = [a for s in sets for a in ("--set", s)]
-    result = run_cli("-m", "tf_xmr.data", "convert", "--config", "configs/acmr.yaml", "--out", out, *args)
+    # `python -m tf_xmr.data convert`'s main() in this process (tests/test_readme.py runs the README's convert command
+    # in a fresh process): a new interpreter would only add its TensorFlow import.
+    result = run_in_process(capsys, monkeypatch, "data", "convert", "--config", "configs/acmr.yaml", "--out", out,
+                            *args)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("wrote ") and out in result.stdout
     with open(os.path.join(out, "dataset.json")) as handle:
         sidecar = json.load(handle)
     assert sidecar["dims"] == {"image": 48, "text": 24}
