@@ -333,7 +333,11 @@ def test_records_commands(tmp_path):
     out = str(tmp_path / "records")
     subs = {"/tmp/acmr-records": out}
     convert, train = [c for c in readme_commands() if "acmr-records" in c]
-    result = _run_readme(convert, subs)
+    # A smaller synthetic set (600 items instead of 2173 train; the record format is the same) and training without
+    # XLA (the main command keeps it): training took 14 CPU s instead of 32, test mAP 0.353 against random rankings'
+    # 0.131 (measured 2026-12-07, seed 0).
+    smaller = ["data.synthetic.num_train=600", "data.synthetic.num_test=200"]
+    result = _run_readme(convert + "".join(f" --set {s}" for s in smaller), subs)
     assert result.returncode == 0, result.stderr[-2000:]
     with open(os.path.join(out, "dataset.json")) as handle:
         sidecar = json.load(handle)
@@ -344,10 +348,11 @@ def test_records_commands(tmp_path):
     assert sidecar["format"] == "tf_xmr.records" and sidecar["splits"]["train"]["paired"] is True
     assert os.path.isfile(os.path.join(out, f"train-00000-of-{sidecar['num_shards']:05d}.tfrecord"))
     run_dir = str(tmp_path / "run")
-    result = _run_readme(train + f" --set run_dir={run_dir}", subs)
+    result = _run_readme(train + f" --set train.jit_compile=false --set run_dir={run_dir}", subs)
     assert result.returncode == 0, result.stderr[-2000:]
-    # The records hold the data configs/acmr.yaml generates, so its test labels give the chance level.
-    metrics = assert_beats_random(run_dir, os.path.join(ROOT, "configs", "acmr.yaml"))
+    # The records hold the data configs/acmr.yaml generates (with the same overrides), so its test labels give the
+    # chance level.
+    metrics = assert_beats_random(run_dir, os.path.join(ROOT, "configs", "acmr.yaml"), smaller)
     assert metrics["data"]["loader"] == "records"
 
 
