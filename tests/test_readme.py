@@ -637,8 +637,9 @@ def test_tune_commands(tmp_path):
     assert len(commands) == 3
     for i, command in enumerate(commands):
         directory = tmp_path / f"tune{i}"
-        short = "" if "wikipedia" not in command else \
-            " --set tune.max_trials=1 --set tune.epochs=1"
+        short = "" if "wikipedia" not in command else " --set tune.max_trials=1 --set tune.epochs=1"
+        if "x_gacmn" in command:  # XLA's compile took 12 of the trial's 21 CPU s (measured 2026-12-07)
+            short += " --set train.jit_compile=false"
         result = _run_readme(command + short + f" --set tune.directory={directory}",
                              {"../shared/data/wikipedia": root})
         assert result.returncode == 0, (command, result.stderr[-2000:])
