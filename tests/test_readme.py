@@ -7,6 +7,9 @@ with real paths: ``saved_models/acmr-<timestamp>`` with the run directory the ma
 
 Each test asserts what its command promises (files written, keys present, and for training commands a test score
 above the random-ranking level of the same data, computed here from random embeddings), not just the exit status.
+Except the main command, which runs as written, long commands run with ``--set`` overrides (or a script's own options)
+appended: fewer epochs, items or seeds, smaller networks, and XLA off where another README command keeps it on for the
+same method. Each says what it was measured to give, and the README's own numbers come from the full runs.
 Commands run in subprocesses as a user would run them (marked ``e2e``); those that train or take minutes are ``slow``
 and stay out of the daily tier. No test has a wall-clock timeout: a busy machine makes them slower, never red.
 """
