@@ -434,8 +434,8 @@ def test_wikipedia_result_commands(tmp_path):
 @pytest.mark.slow
 def test_x_gacmn_headline_command(tmp_path):
     """The X-GACMN synthetic command, shortened to 8 epochs on 300 items (with XLA, as configured): a model above
-    chance, logs, exports. The command as written (15 epochs, 2173 items) took 195 s alone on 2 cores; this 36 s, test
-    mAP 0.221 against random rankings' 0.154 (measured 2026-12-07, seed 0)."""
+    chance, logs, exports. The command as written (15 epochs, 2173 items) made this test take 195 s alone on 2 cores;
+    the shortened run takes 36 s, test mAP 0.221 against random rankings' 0.154 (measured 2026-12-07, seed 0)."""
     command = "python train.py --config configs/x_gacmn.yaml"
     run_dir = str(tmp_path / "x_gacmn")
     result = _run_readme(command + _SHORT_SYNTHETIC + f" --set train.epochs=8 --set run_dir={run_dir}", {})
@@ -735,7 +735,7 @@ def test_daily_tier_command_leaves_out_exactly_the_slow_tests(request):
     """The daily command selects every test except the `slow` ones (collected, not run: running them is CI's job).
 
     Under the full suite this session has already collected every test (under xdist each worker collects all of them,
-    pytest-xdist 3.8), so only the daily command is collected in a subprocess (about 14 s) and the session's own items
+    pytest-xdist 3.8), so only the daily command is collected in a subprocess (about 10 s) and the session's own items
     say which tests are slow. Run on its own, the test collects the full suite and the slow tier too.
     """
     daily = _collected(DAILY_TIER)
