@@ -122,8 +122,8 @@ def _ci_script() -> str:
 # Commands run by CI itself rather than by this file: the README's install line and its full test command.
 INSTALL = ("python3 -m venv .venv && . .venv/bin/activate && pip install -r requirements.txt -r requirements-extra.txt "
            "&& pip install --no-deps -e .")
-FULL_SUITE = "python -m pytest -q -n 3 tests"
-DAILY_TIER = 'python -m pytest -q -m "not slow" -n 3 tests'
+FULL_SUITE = "python -m pytest -q -n 3 --dist worksteal tests"
+DAILY_TIER = 'python -m pytest -q -m "not slow" -n 3 --dist worksteal tests'
 CI_COMMANDS = {INSTALL, FULL_SUITE}
 
 
@@ -711,9 +711,10 @@ def _collected(command: str) -> set[str]:
     """Test ids a README pytest command selects, collected (not run) in a subprocess without xdist (under -n the
     workers collect and --collect-only lists no test ids)."""
     argv = shlex.split(command)[1:]
-    if "-n" in argv:
-        at = argv.index("-n")
-        del argv[at:at + 2]
+    for option in ("-n", "--dist"):  # xdist's options (unknown once xdist is off)
+        if option in argv:
+            at = argv.index(option)
+            del argv[at:at + 2]
     argv += ["--collect-only", "-p", "no:xdist"]  # the command's own -q lists one id per line (-qq only counts)
     result = run_cli(*argv, timeout=None)
     assert result.returncode == 0, (command, result.stdout[-2000:], result.stderr[-2000:])
