@@ -134,3 +134,21 @@ def pytest_collection_modifyitems(session, config, items):
     slow_per_file = collections.Counter(item.nodeid.split("::")[0] for item in items
                                         if item.get_closest_marker("slow"))
     items.sort(key=lambda item: -slow_per_file[item.nodeid.split("::")[0]])
+
+
+def run_in_process(capsys, monkeypatch, script, *args) -> subprocess.CompletedProcess:
+    """``python SCRIPT ARGS`` (train.py, evaluate.py, tune.py; or a ``tf-xmr`` command name such as ``data``) in this
+    process, from the repository root: the command's ``main`` under ``tf_xmr.cli.run``, which is all the script's
+    ``__main__`` block runs. Returns the exit status, stdout and stderr as ``run_cli`` does for a fresh process (a new
+    interpreter would add only its TensorFlow import, several seconds of CPU)."""
+    import importlib
+
+    from tf_xmr.cli import COMMANDS, run
+
+    main = importlib.import_module(COMMANDS[script.removesuffix(".py")][0]).main
+    monkeypatch.chdir(ROOT)
+    capsys.readouterr()  # only this command's output
+    with pytest.raises(SystemExit) as exited:
+        run(lambda: main(list(args)))
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess([script, *args], exited.value.code, out, err)

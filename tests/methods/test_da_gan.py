@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import ROOT, compile_players, paired_batch, tensorboard_tags, variable_ids
-from tests.training.test_train_cli import run_in_process
+from tests.conftest import ROOT, compile_players, paired_batch, run_in_process, tensorboard_tags, variable_ids
 from tf_xmr.config import from_dict
 from tf_xmr.data.grouping import group_key
 from tf_xmr.errors import ConfigError

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import tiny_overrides
-from tests.training.test_train_cli import run_in_process
+from tests.conftest import run_in_process, tiny_overrides
 from tf_xmr import modeling
 from tf_xmr import run_dir as layout
 from tf_xmr.config import from_dict

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.training.test_train_cli import run_in_process
+from tests.conftest import run_in_process
 from tf_xmr.data import load_arrays
 from tf_xmr.errors import DataError, ModelInputError
 from tf_xmr.export.saved_model import ExportedEncoder, export_encoder

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from tests.training.test_train_cli import run_in_process
+from tests.conftest import run_in_process
 from tf_xmr.config import from_dict
 from tf_xmr.config.schema import DataConfig
 from tf_xmr.data.from_config import load_feature_set

@@ -12,8 +12,7 @@ import struct
 
 import pytest
 
-from tests.conftest import tiny_overrides
-from tests.training.test_train_cli import run_in_process
+from tests.conftest import run_in_process, tiny_overrides
 from tf_xmr.data import load_records, make_synthetic, write_records
 from tf_xmr.errors import DataError
 

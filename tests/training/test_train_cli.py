@@ -9,34 +9,15 @@ its outputs. Each command also runs once more in a fresh process (``evaluate.py`
 
 import json
 import os
-import subprocess
 
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_cli, tiny_overrides
+from tests.conftest import run_cli, run_in_process, tiny_overrides
 
 
 def _sets(overrides):
     return [arg for item in overrides for arg in ("--set", item)]
-
-
-def run_in_process(capsys, monkeypatch, script, *args) -> subprocess.CompletedProcess:
-    """``python SCRIPT ARGS`` (train.py, evaluate.py, tune.py; or a ``tf-xmr`` command name such as ``data``) in this
-    process, from the repository root: the command's ``main`` under ``tf_xmr.cli.run``, which is all the script's
-    ``__main__`` block runs. Returns the exit status, stdout and stderr as ``run_cli`` does for a fresh process (a new
-    interpreter would add only its TensorFlow import, several seconds of CPU)."""
-    import importlib
-
-    from tf_xmr.cli import COMMANDS, run
-
-    main = importlib.import_module(COMMANDS[script.removesuffix(".py")][0]).main
-    monkeypatch.chdir(ROOT)
-    capsys.readouterr()  # only this command's output
-    with pytest.raises(SystemExit) as exited:
-        run(lambda: main(list(args)))
-    out, err = capsys.readouterr()
-    return subprocess.CompletedProcess([script, *args], exited.value.code, out, err)
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_overrides
-from tests.training.test_train_cli import run_in_process
+from tests.conftest import run_in_process, tiny_overrides
 from tf_xmr import run_dir as layout
 from tf_xmr import scoring
 from tf_xmr.experiment import load_experiment

@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import tiny_overrides
-from tests.training.test_train_cli import run_in_process
+from tests.conftest import run_in_process, tiny_overrides
 from tf_xmr import modeling
 from tf_xmr.data.class_split import resolve_unseen_classes
 from tf_xmr.experiment import load_experiment
