@@ -13,7 +13,6 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from tests.export.test_saved_model import _encoder
 from tf_xmr.errors import ModelInputError
 from tf_xmr.export import export_encoder
 from tf_xmr.export.serving import (
@@ -48,9 +47,17 @@ class _Retriever(tf.Module):
         return {"keys": tf.gather(self.keys, indices), "scores": scores, "indices": tf.cast(indices, tf.int64)}
 
 
+def _encoder():
+    # Built here rather than imported from another test module, so the two files can change independently.
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((D_IN,)), keras.layers.Dense(7, activation="relu"), keras.layers.Dense(D_OUT)])
+
+
 @pytest.fixture(scope="module")
 def encoder_path(tmp_path_factory):
-    return export_encoder(_encoder(D_IN, D_OUT), str(tmp_path_factory.mktemp("run") / "image_encoder"), input_dim=D_IN)
+    return export_encoder(_encoder(), str(tmp_path_factory.mktemp("run") / "image_encoder"), input_dim=D_IN)
 
 
 @pytest.fixture(scope="module")
