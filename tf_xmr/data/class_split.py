@@ -72,7 +72,7 @@ def restrict_split(split: Split, classes: Sequence[int], num_classes: int, *, wh
     Raises:
         DataError: no item of some modality is left.
     """
-    features, labels = {}, {}
+    features, labels, ids = {}, {}, ({} if split.ids is not None else None)
     shared = None
     if split.paired:
         first = next(iter(split.labels))
@@ -82,7 +82,9 @@ def restrict_split(split: Split, classes: Sequence[int], num_classes: int, *, wh
         if not mask.any():
             raise DataError(f"split{where} modality {m!r} has no item of the classes {sorted(classes)}")
         features[m], labels[m] = split.features[m][mask], split.labels[m][mask]
-    return Split(features=features, labels=labels, paired=split.paired)
+        if ids is not None and m in split.ids:
+            ids[m] = split.ids[m][mask]
+    return Split(features=features, labels=labels, paired=split.paired, ids=ids)
 
 
 def seen_classes_only(feature_set: FeatureSet, unseen: Sequence[int], splits: Sequence[str] = ("train", "val")):

@@ -69,16 +69,32 @@ class Split:
             construction (from any real numeric dtype).
         labels: modality name -> int64 class ids of shape (n_m,), or float32 multi-hot of shape (n_m, c).
         paired: whether row ``i`` of every modality is the same item.
+        ids: optional modality name -> str array (n_m,) of the items' ids in the source (e.g. the Wikipedia .list
+            ids); a retrieval gallery answers with them. Modalities without ids are keyed by row (:meth:`keys`).
     """
 
     features: dict[str, np.ndarray]
     labels: dict[str, np.ndarray]
     paired: bool = True
+    ids: dict[str, np.ndarray] | None = None
 
     def __post_init__(self):
         self.features = {str(m): _as_features(x) for m, x in dict(self.features).items()}
         self.labels = {str(m): _as_labels(y) for m, y in dict(self.labels).items()}
         self.paired = bool(self.paired)
+        if self.ids is not None:
+            self.ids = {str(m): np.asarray(v, dtype=str) for m, v in dict(self.ids).items() if m in self.features}
+
+    def keys(self, modality: str, split_name: str) -> np.ndarray:
+        """The item keys of ``modality`` (str (n_m,)): its ids when the source has them, else ``<split>/<row>``."""
+        if self.ids is not None and modality in self.ids:
+            return self.ids[modality]
+        return np.asarray([f"{split_name}/{i}" for i in range(self.num_examples(modality))], dtype=str)
+
+    def _ids_at(self, index) -> dict[str, np.ndarray] | None:
+        if self.ids is None:
+            return None
+        return {m: v[index] for m, v in self.ids.items()}
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -112,6 +128,7 @@ class Split:
             features={m: x[idx] for m, x in self.features.items()},
             labels={m: y[idx] for m, y in self.labels.items()},
             paired=True,
+            ids=self._ids_at(idx),
         )
 
 
@@ -325,6 +342,10 @@ class FeatureSet:
                 f"split {split_name!r}{where} has modality {extra[0]!r} "
                 f"not among the feature set's {list(self.modalities)}"
             )
+        for m, ids in (split.ids or {}).items():
+            if ids.shape != (split.num_examples(m),):
+                raise DataError(f"split {split_name!r}{where}: {m} ids have shape {ids.shape}, expected "
+                                f"({split.num_examples(m)},), one id per item")
         for m in self.modalities:
             x, y = split.features[m], split.labels[m]
             at = f"split {split_name!r} modality {m!r}{where}"
@@ -489,6 +510,7 @@ class FeatureSet:
                 features={m: split.features[m] for m in modalities},
                 labels={m: split.labels[m] for m in modalities},
                 paired=split.paired,
+                ids=split.ids,
             )
         return dataclasses.replace(self, modalities=modalities, splits=splits)
 

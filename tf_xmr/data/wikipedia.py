@@ -48,9 +48,10 @@ def _read_categories(path: str) -> tuple[str, ...]:
     return names
 
 
-def _read_list(path: str, num_classes: int) -> np.ndarray:
-    """Category per line of a ``*_txt_img_cat.list`` file, as 0-based int64 (n,)."""
-    labels = []
+def _read_list(path: str, num_classes: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Category per line of a ``*_txt_img_cat.list`` file, as 0-based int64 (n,), and the item ids per modality
+    (``{"text": (n,) str, "image": (n,) str}``, the first two fields: the keys a retrieval gallery answers with)."""
+    labels, ids = [], {"text": [], "image": []}
     for lineno, line in enumerate(_read_text(path), start=1):
         if not line.strip():
             continue
@@ -67,9 +68,11 @@ def _read_list(path: str, num_classes: int) -> np.ndarray:
         if not 1 <= category <= num_classes:
             raise DataError(f"wikipedia: {path} line {lineno}: category {category} outside 1..{num_classes}")
         labels.append(category - 1)
+        ids["text"].append(fields[0].strip())
+        ids["image"].append(fields[1].strip())
     if not labels:
         raise DataError(f"wikipedia: {path} has no items")
-    return np.asarray(labels, dtype=np.int64)
+    return np.asarray(labels, dtype=np.int64), {m: np.asarray(v, dtype=str) for m, v in ids.items()}
 
 
 def _read_mat(path: str) -> dict:
@@ -114,7 +117,7 @@ def load_wikipedia(root: str, *, val_fraction: float = 0.1, seed: int = 0) -> Fe
     splits = {}
     for split_name, list_name in (("train", TRAIN_LIST), ("test", TEST_LIST)):
         list_path = os.path.join(root, list_name)
-        labels = _read_list(list_path, len(class_names))
+        labels, ids = _read_list(list_path, len(class_names))
         features = {}
         for modality in ("image", "text"):
             key = MAT_KEYS[split_name, modality]
@@ -130,7 +133,8 @@ def load_wikipedia(root: str, *, val_fraction: float = 0.1, seed: int = 0) -> Fe
                     f"but {list_path} has {labels.shape[0]} items"
                 )
             features[modality] = x
-        splits[split_name] = Split(features=features, labels={"image": labels, "text": labels}, paired=True)
+        splits[split_name] = Split(features=features, labels={"image": labels, "text": labels}, paired=True,
+                                   ids={"image": ids["image"], "text": ids["text"]})
 
     if val_fraction and val_fraction > 0:
         train, val = split_validation(splits["train"], val_fraction, seed)
