@@ -98,3 +98,65 @@ def test_versions_increase_and_dimension_is_checked(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
     with pytest.raises(ModelInputError, match=r"\(batch, 12\).*\(4, 9\)"):
         exported(np.ones((4, 9), np.float32))
+
+
+def _variable_bytes(version_dir: str) -> int:
+    folder = os.path.join(version_dir, "variables")
+    return sum(os.path.getsize(os.path.join(folder, n)) for n in os.listdir(folder) if n.startswith("variables.data"))
+
+
+def test_each_variable_is_stored_once(tmp_path):
+    """keras.export.ExportArchive stored every variable twice (variables/N and _all_variables/N: 68.8 MB for a 34 MB
+    encoder); the export is now one tf.Module holding the Keras model."""
+    import tensorflow as tf
+
+    encoder = _encoder(dim_in=300, dim_out=64)  # ~ 2.5k parameters of layers + the standardiser's statistics
+    path = export_encoder(encoder, str(tmp_path / "image_encoder"), input_dim=300)
+    weight_bytes = sum(int(np.prod(w.shape)) * 4 for w in encoder.weights)
+    stored = _variable_bytes(path)
+    assert weight_bytes <= stored < weight_bytes + 4096, (stored, weight_bytes)
+    names = tf.train.list_variables(os.path.join(path, "variables", "variables"))
+    assert not [name for name, _ in names if "_all_variables" in name]
+
+
+def test_metadata_unit_vectors_and_the_graph_refuses_garbage(tmp_path):
+    from tf_xmr.errors import ModelInputError
+    from tf_xmr.export import read_metadata
+
+    encoder = _encoder()
+    unit = load_exported_path(export_encoder(encoder, str(tmp_path / "a" / "image_encoder"), input_dim=12,
+                                             l2_normalize=True, distance="cosine"))
+    raw = load_exported_path(export_encoder(encoder, str(tmp_path / "b" / "image_encoder"), input_dim=12,
+                                            distance="euclidean"))
+    features = np.random.default_rng(2).normal(size=(6, 12)).astype(np.float32)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(unit(features)), axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(raw(features)), encoder(features, training=False).numpy(), atol=1e-5)
+    meta = read_metadata(unit.path)
+    assert meta["kind"] == "encoder" and meta["modality"] == "image"
+    assert meta["distance"] == "cosine" and meta["normalized"] is True and raw.metadata["normalized"] is False
+    assert meta["outputs"] == {"embedding": {"dtype": "float32", "shape": [None, 5]}}
+    assert os.path.exists(os.path.join(unit.path, "assets.extra", "tf_serving_warmup_requests"))
+    features[2, 4] = np.nan
+    with pytest.raises(ModelInputError, match="features contain NaN or Inf"):
+        unit(features)
+    with pytest.raises(ModelInputError, match="empty batch"):
+        unit(np.zeros((0, 12), np.float32))
+
+
+def load_exported_path(path):
+    from tf_xmr.export.saved_model import ExportedEncoder
+
+    return ExportedEncoder(path)
+
+
+def test_export_follows_the_run_distance():
+    from types import SimpleNamespace
+
+    from tf_xmr.export import normalizes
+
+    def config(distance, setting):
+        return SimpleNamespace(eval=SimpleNamespace(distance=distance), export=SimpleNamespace(l2_normalize=setting))
+
+    assert normalizes(config("cosine", "auto")) and not normalizes(config("euclidean", "auto"))
+    assert not normalizes(config("inner", "auto")) and not normalizes(config("cosine", False))
+    assert normalizes(config("euclidean", True))

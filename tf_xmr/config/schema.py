@@ -233,8 +233,10 @@ class ExportConfig:
     """SavedModel export of the encoders at the end of training."""
 
     enabled: bool = True
-    # L2-normalise embeddings inside the exported graph (cosine search becomes an inner product).
-    l2_normalize: bool = False
+    # L2-normalise embeddings inside the exported graph. auto follows eval.distance: a cosine run exports unit
+    # vectors (so an inner-product vector store ranks as metrics.json was scored); euclidean and inner runs export
+    # the raw embedding they were scored on. assets.extra/tf_xmr.json records the choice.
+    l2_normalize: bool | Literal["auto"] = "auto"
 
 
 _SCALAR = bool | int | float | str

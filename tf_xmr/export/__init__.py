@@ -7,7 +7,10 @@ from tf_xmr.export.saved_model import (
     ExportedEncoder,
     encoder_dir,
     export_encoder,
+    export_run_encoders,
     load_exported,
+    normalizes,
+    read_metadata,
     versions,
 )
 
@@ -18,6 +21,9 @@ __all__ = [
     "ExportedEncoder",
     "encoder_dir",
     "export_encoder",
+    "export_run_encoders",
     "load_exported",
+    "normalizes",
+    "read_metadata",
     "versions",
 ]

@@ -13,7 +13,7 @@ def main(argv=None, prog: str = "python -m tf_xmr.export") -> int:
     parser.add_argument("--run-dir", required=True)
     args = parser.parse_args(argv)
     quiet_tensorflow()
-    from tf_xmr.export import encoder_dir, export_encoder
+    from tf_xmr.export import export_run_encoders
     from tf_xmr.modeling import prepare_data, trained_encoders
     from tf_xmr.run_dir import RunDirLock, load_run_config, run_modalities
 
@@ -24,9 +24,7 @@ def main(argv=None, prog: str = "python -m tf_xmr.export") -> int:
         feature_set = feature_set.select_modalities(scored)
     encoders = trained_encoders(args.run_dir, config, feature_set)
     with RunDirLock(args.run_dir):  # one writer per run directory (a training run or another export)
-        for modality, encoder in encoders.items():
-            path = export_encoder(encoder, encoder_dir(args.run_dir, modality),
-                                  input_dim=int(feature_set.dims[modality]), l2_normalize=config.export.l2_normalize)
+        for modality, path in export_run_encoders(args.run_dir, config, feature_set.dims, encoders).items():
             print(f"{modality}: {path}")
     return 0
 

@@ -94,7 +94,7 @@ def _check_inputs(given: dict[str, tuple[tf.DType, tuple]], specs: dict[str, tf.
                            f"{[-1 if d is None else d for d in spec.shape.as_list()]} (-1: any size)")
 
 
-def _op_error_message(exc: tf.errors.OpError) -> str:
+def op_error_message(exc: tf.errors.OpError) -> str:
     """The lines of a graph error that say what failed (an assert's or check_numerics' message), no stack noise."""
     noise = ("Graph execution error", "Detected at node", "<stack traces unavailable>", "[[{{node")
     lines = [line.strip() for line in str(exc.message).splitlines()]
@@ -136,7 +136,7 @@ def predict(signature, request: predict_pb2.PredictRequest) -> predict_pb2.Predi
     try:
         outputs = fn(**feeds)
     except tf.errors.OpError as exc:
-        raise ServingError(_CODE_NAMES.get(exc.error_code, "UNKNOWN"), f"{what}: {_op_error_message(exc)}") from None
+        raise ServingError(_CODE_NAMES.get(exc.error_code, "UNKNOWN"), f"{what}: {op_error_message(exc)}") from None
     wanted = list(request.output_filter) or sorted(outputs)
     unknown = sorted(set(wanted) - set(outputs))
     if unknown:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import shutil
 
 from tf_xmr import modeling, scoring
 from tf_xmr import run_dir as layout
@@ -138,15 +137,11 @@ def _run(stage, config, feature_set, run_dir: str, resuming: bool) -> RunResult:
     # 5. Exports and the fit's own records; metrics.json last: its presence marks a finished run.
     exports = {}
     if config.export.enabled:
-        from tf_xmr.export import encoder_dir, export_encoder
+        from tf_xmr.export import export_run_encoders
 
-        for m, encoder in stage.export_encoders().items():
-            if resuming:
-                # Versions written by the interrupted attempt of this same unfinished run (metrics.json was never
-                # written, so nothing served them): the finished run has version 1, as an uninterrupted one.
-                shutil.rmtree(encoder_dir(run_dir, m), ignore_errors=True)
-            exports[m] = export_encoder(encoder, encoder_dir(run_dir, m), input_dim=int(feature_set.dims[m]),
-                                        l2_normalize=config.export.l2_normalize)
+        # On a resume, versions written by the interrupted attempt of this same unfinished run (metrics.json was
+        # never written, so nothing served them) are dropped: the finished run has version 1, as an uninterrupted one.
+        exports = export_run_encoders(run_dir, config, feature_set.dims, stage.export_encoders(), replace=resuming)
     stage.finish(config, run_dir)
     write_json(os.path.join(run_dir, layout.METRICS_FILE), metrics)
     stage.cleanup(config, run_dir)
