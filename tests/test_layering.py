@@ -14,6 +14,7 @@ Layers, bottom up (a module may import its own layer and the layers listed for i
 - ``experiment``, ``modeling``, ``scoring``, ``run_dir``: configs typed by method, models built from data, scores of
   encoders on splits, the run directory's files;
 - ``export``, ``evaluation``: take trained models and scoring from below training, never ``tf_xmr.training``;
+- ``retrieval``: galleries and retrievers built on the exports and a run's encoders, never ``tf_xmr.training``;
 - ``training``: the run pipeline and the fit stages;
 - entry points: ``cli``, ``reporting``, ``commands`` (train / evaluate / tune), and every ``__main__`` module.
 """
@@ -45,6 +46,7 @@ ALLOWED = {
     "scoring": FOUNDATION | {"config", "data", "metrics"},
     "export": FOUNDATION | {"config", "data", "modeling", "run_dir", "scoring", "methods"},
     "evaluation": FOUNDATION | {"config", "data", "metrics", "modeling", "run_dir", "scoring", "export", "methods"},
+    "retrieval": FOUNDATION | {"config", "data", "metrics", "modeling", "run_dir", "scoring", "export", "methods"},
     "training": FOUNDATION | LEAVES | {"methods", "experiment", "modeling", "scoring", "run_dir", "export"},
 }
 ENTRY_POINTS = {"cli", "reporting", "__init__"}

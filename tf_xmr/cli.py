@@ -19,6 +19,8 @@ COMMANDS = {
     "evaluate": ("tf_xmr.commands.evaluate", "re-score a finished run (python evaluate.py)"),
     "tune": ("tf_xmr.commands.tune", "search hyperparameters on validation mAP (python tune.py)"),
     "export": ("tf_xmr.export.__main__", "export a run's best checkpoint as SavedModels (python -m tf_xmr.export)"),
+    "retrieval": ("tf_xmr.retrieval.__main__", "build or extend a retriever SavedModel (python -m tf_xmr.retrieval)"),
+    "retrieve": ("tf_xmr.commands.retrieve", "top k items of the other modality for a query (python retrieve.py)"),
     "data": ("tf_xmr.data.__main__", "data utilities: convert a feature set to TFRecords (python -m tf_xmr.data)"),
 }
 
