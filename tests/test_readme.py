@@ -59,6 +59,7 @@ def readme_python(marker: str) -> str:
 # Which test runs each ```python block of the README (found by a line only that block has).
 PYTHON_BLOCKS = {
     "tf.saved_model.load": "test_python_api_snippet_searches_like_the_run_scored",
+    "Retriever.load": "test_retrieval_and_tf_serving_commands",
     "write_records(FeatureSet(": "test_unpaired_records_snippet_and_sdml_command",
 }
 
@@ -169,6 +170,19 @@ COVERED = {
     "saved_model_cli show --dir saved_models/acmr-<timestamp>/export/image_encoder/1 --all":
         "test_evaluate_export_and_serving_commands",
     "tensorboard --logdir saved_models --host 127.0.0.1": "test_tensorboard_command_serves_the_run",
+    **{c: "test_retrieval_and_tf_serving_commands" for c in (
+        "python -m tf_xmr.retrieval build --run-dir saved_models/acmr-<timestamp> --target image",
+        "python -m tf_xmr.retrieval build --run-dir saved_models/acmr-<timestamp> --target text --gallery all --k 20",
+        "python retrieve.py --run-dir saved_models/acmr-<timestamp> --query text --query-key test/0",
+        "python retrieve.py --run-dir saved_models/acmr-<timestamp> --query image --features queries.npy --k 5 --json",
+        "python -m tf_xmr.retrieval build --run-dir saved_models/acmr-<timestamp> --target image "
+        "--gallery-features my_images.npz --keys my_images.txt",
+        "python -m tf_xmr.retrieval build --run-dir saved_models/acmr-<timestamp> --target image "
+        "--append new_images.npz --keys new_images.txt",
+        "tensorflow_model_server --port=8500 --rest_api_port=8501 "
+        "--model_config_file=saved_models/acmr-<timestamp>/export/models.config",
+        "curl -s -d @request.json http://localhost:8501/v1/models/text2image_retriever:predict",
+    )},
     "python -m tf_xmr.data convert --config configs/acmr.yaml --out /tmp/acmr-records": "test_records_commands",
     "python train.py --config configs/acmr.yaml --set data.source=records --set data.root=/tmp/acmr-records "
     "--set train.epochs=3": "test_records_commands",
@@ -294,6 +308,95 @@ def test_python_api_snippet_searches_like_the_run_scored(main_run, monkeypatch):
     searched = mean_average_precision(images, namespace["texts"], test.labels["image"], test.labels["text"])
     with open(os.path.join(ROOT, run_dir, "metrics.json")) as handle:
         assert searched == pytest.approx(json.load(handle)["test"]["map_i2t"], abs=1e-3)
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_retrieval_and_tf_serving_commands(main_run, tmp_path, monkeypatch):
+    """The README's serving walk on the main run: build both retrievers, ask them from the command line and from
+    Python, grow a gallery, and the TF Serving part without a server (none installs here): the model server command's
+    models.config is parsed and every model it names loads and replays its warmup request, and the curl command's
+    body (written by the README's Python block) is answered by the REST emulation as the Python API answers."""
+    import tensorflow as tf
+
+    from tf_xmr.data.from_config import load_feature_set
+    from tf_xmr.experiment import load_experiment
+    from tf_xmr.export.serving import predict, read_models_config, rest_predict
+    from tf_xmr.retrieval import Retriever
+
+    run_dir, _ = main_run
+    export = os.path.join(ROOT, run_dir, "export")
+    config = load_experiment(os.path.join(ROOT, run_dir, "config.yaml"))
+    splits = load_feature_set(config.data, seed=config.seed).splits
+    test, val = splits["test"], splits["val"]
+    np.save(tmp_path / "queries.npy", test.features["image"][:2])
+    np.savez(tmp_path / "my_images.npz", image=val.features["image"])
+    (tmp_path / "my_images.txt").write_text("".join(f"photo-{i}\n" for i in range(val.num_examples())))
+    np.savez(tmp_path / "new_images.npz", image=test.features["image"][:3])
+    (tmp_path / "new_images.txt").write_text("new-0\nnew-1\nnew-2\n")
+    subs = {RUN_PLACEHOLDER: run_dir, **{name: str(tmp_path / name) for name in (
+        "queries.npy", "my_images.npz", "my_images.txt", "new_images.npz", "new_images.txt")}}
+    commands = [c for c, t in COVERED.items() if t == "test_retrieval_and_tf_serving_commands"]
+    outputs = {}
+    for command in [c for c in commands if c.startswith("python")]:
+        result = _run_readme(command, subs)
+        assert result.returncode == 0, (command, result.stderr[-2000:])
+        outputs[command] = result.stdout
+
+    # build (test split, k 10), then build over every split with k 20; then the user's gallery and its growth.
+    text2image = os.path.join(export, "text2image_retriever")
+    first, own, grown = (Retriever.load(text2image, version=v) for v in (1, 2, 3))
+    assert first.size == test.num_examples() and first.k == 10 and first.keys[0] == "test/0"
+    everything = Retriever.load(os.path.join(export, "image2text_retriever"))
+    assert everything.k == 20 and everything.size == sum(s.num_examples() for s in splits.values())
+    assert own.size == val.num_examples() and own.keys[0] == "photo-0"
+    assert grown.size == own.size + 3 and list(grown.keys[-3:]) == ["new-0", "new-1", "new-2"]
+    np.testing.assert_array_equal(grown.keys[: own.size], own.keys)
+    keys, _ = grown.search(test.features["text"][:3], k=10)
+    assert set(keys.ravel()) <= set(grown.keys)
+
+    # retrieve.py (run in README order, right after the two builds): the table of --query-key and the JSON of
+    # --features.
+    table = outputs["python retrieve.py --run-dir saved_models/acmr-<timestamp> --query text --query-key test/0"]
+    latest_keys = first.search(test.features["text"][:1])[0][0]  # run before the gallery commands below
+    assert [line.split()[1] for line in table.splitlines() if line.strip()[:1].isdigit()] == list(latest_keys)
+    answer = json.loads(next(v for c, v in outputs.items() if "--json" in c))
+    assert answer["target"] == "text" and len(answer["queries"]) == 2
+    expected, _ = everything.search(test.features["image"][:2], k=5)
+    assert [[r["key"] for r in q["results"]] for q in answer["queries"]] == expected.tolist()
+
+    # The README's Python block, as written (run_dir replaced), in a scratch folder: it writes request.json.
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    code = readme_python("Retriever.load").replace(RUN_PLACEHOLDER, os.path.join(ROOT, run_dir))
+    exec(compile(code, "README.md (retriever snippet)", "exec"), namespace)  # noqa: S102 - the README's own code
+    np.testing.assert_array_equal(namespace["keys"], grown.search(test.features["text"][:3])[0])
+
+    # The model server command: its models.config names every model, and each one's latest version loads and
+    # answers its own warmup request, as the server does before it serves.
+    server = next(c for c in commands if c.startswith("tensorflow_model_server"))
+    config_path = os.path.join(ROOT, re.search(r"--model_config_file=(\S+)", server).group(1).replace(
+        RUN_PLACEHOLDER, run_dir))
+    served = {c.name: c.base_path for c in read_models_config(config_path).model_config_list.config}
+    assert set(served) == {"image_encoder", "text_encoder", "text2image_retriever", "image2text_retriever"}
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    for name, base in served.items():
+        latest = os.path.join(base, str(max(int(v) for v in os.listdir(base) if v.isdigit())))
+        signature = tf.saved_model.load(latest).signatures["serving_default"]
+        for record in tf.data.TFRecordDataset(os.path.join(latest, "assets.extra", "tf_serving_warmup_requests")):
+            request = prediction_log_pb2.PredictionLog.FromString(record.numpy()).predict_log.request
+            assert request.model_spec.name == name
+            predict(signature, request)
+
+    # The curl command: its body file (request.json above) and its model name, answered by the REST rules.
+    curl = next(c for c in commands if c.startswith("curl"))
+    model = re.search(r"/v1/models/([\w.-]+):predict", curl).group(1)
+    body = (tmp_path / re.search(r"-d @(\S+)", curl).group(1)).read_text()
+    latest = os.path.join(served[model], str(max(int(v) for v in os.listdir(served[model]) if v.isdigit())))
+    reply = rest_predict(tf.saved_model.load(latest).signatures["serving_default"], body)
+    assert [row["keys"] for row in reply["predictions"]] == namespace["keys"].tolist()
+    np.testing.assert_allclose([row["scores"] for row in reply["predictions"]], namespace["scores"], atol=1e-6)
 
 
 def _free_port() -> int:

@@ -9,11 +9,14 @@ import numpy as np
 from tf_xmr.errors import ConfigError, ModelInputError
 
 
-def run_encoders(run_dir: str, config, feature_set, source: str = "auto") -> tuple[dict, str]:
+def run_encoders(run_dir: str, config, feature_set, source: str = "auto", distance: str = "cosine") -> tuple[dict, str]:
     """modality -> callable encoder, from the exported SavedModels or the best checkpoint.
 
     Args:
-        source: ``"export"``, ``"checkpoint"`` or ``"auto"`` (exports when present).
+        source: ``"export"``, ``"checkpoint"`` or ``"auto"`` (exports when present and they give the embedding the
+            protocol's ``distance`` ranks: unit-vector exports of a cosine run rank as the raw embedding under cosine,
+            not under euclidean or inner, so those protocols then score the checkpoint, as training did).
+        distance: the distance of the protocol to be scored.
 
     Returns:
         ``(encoders, description of where they came from)``.
@@ -21,6 +24,9 @@ def run_encoders(run_dir: str, config, feature_set, source: str = "auto") -> tup
     from tf_xmr.export import encoder_dir, load_exported, versions
 
     have_exports = all(versions(encoder_dir(run_dir, m)) for m in feature_set.modalities)
+    if source == "auto" and have_exports and distance != "cosine":
+        if any(load_exported(run_dir, m).metadata.get("normalized") for m in feature_set.modalities):
+            have_exports = False
     if source == "export" or (source == "auto" and have_exports):
         encoders = {m: load_exported(run_dir, m) for m in feature_set.modalities}
         for m, encoder in encoders.items():
@@ -60,8 +66,8 @@ def evaluate_run(run_dir: str, overrides=(), *, split: str = "test", preset: str
         feature_set = feature_set.select_modalities(scored)
     if split not in feature_set.splits:
         raise ConfigError(f"split {split!r} not in the data; it has {sorted(feature_set.splits)}")
-    encoders, origin = run_encoders(run_dir, config, feature_set, source)
     chosen = protocol(config, preset)
+    encoders, origin = run_encoders(run_dir, config, feature_set, source, chosen.distance)
     embeddings, labels = embed_config_split(encoders, feature_set, split, config)
     result = {
         split: score_embeddings(embeddings, labels, chosen, feature_set.modalities, detailed=True),

@@ -92,6 +92,12 @@ def test_evaluate_rescoring_matches_training(finished_run, tmp_path, capsys, mon
     assert result.returncode == 0, result.stderr[-2000:]
     demo = json.loads(result.stdout)["test"]
     assert demo["map_avg"] == pytest.approx(metrics["presets"]["acmr_demo"]["test"]["map_avg"], abs=1e-5)
+    # Without --source: the exports are unit vectors (a cosine run), which the euclidean preset would rank otherwise
+    # than training did, so the checkpoint is scored and the model line says so.
+    result = run_in_process(capsys, monkeypatch, "evaluate.py", "--run-dir", run_dir, "--preset", "acmr_demo", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    auto = json.loads(result.stdout)
+    assert auto["model"].startswith("checkpoint") and auto["test"]["map_avg"] == demo["map_avg"]
 
 
 @pytest.mark.slow
