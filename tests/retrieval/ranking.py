@@ -24,3 +24,9 @@ def ranking_differences(indices: np.ndarray, reference_scores: np.ndarray) -> in
     gaps = np.abs(reference_scores[rows, indices[rows, cols]] - reference_scores[rows, expected[rows, cols]])
     assert gaps.size == 0 or gaps.max() < FLOAT_ROUNDING, f"a swap of scores {gaps.max()} apart is not a rounding tie"
     return int(rows.size)
+
+
+def map_tolerance(differences: int, num_queries: int) -> float:
+    """How far the mAP of a ranking may move when ``differences`` positions are rounding swaps: a swap of two
+    neighbours changes its query's AP by less than 1/2, so the mean moves by less than swaps / 2 / queries."""
+    return 1e-6 + (differences / 2) * 0.5 / num_queries

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_in_process, tiny_overrides
-from tests.retrieval.ranking import ranking_differences
-from tf_xmr.errors import DataError, ModelInputError
+from tests.retrieval.ranking import map_tolerance, ranking_differences
+from tf_xmr.errors import ConfigError, DataError, ModelInputError
 from tf_xmr.export import load_exported, versions
 from tf_xmr.metrics.retrieval import mean_average_precision, similarity
 from tf_xmr.retrieval import Retriever, build_retriever, retriever_dir
@@ -62,7 +62,8 @@ def test_top_k_is_the_evaluators_ranking_and_reproduces_the_test_map(run_dir, te
         assert retriever.size == split.num_examples() and retriever.k == retriever.size
         indices, scores = retriever.search_indices(split.features[query])
         expected_scores = similarity(embedded[query], embedded[target], "cosine")
-        assert ranking_differences(indices, expected_scores) == 0  # 8-d embeddings: no rounding tie (measured)
+        differences = ranking_differences(indices, expected_scores)  # rounding swaps only (0 measured here)
+        assert differences < 0.01 * indices.size, differences
         np.testing.assert_allclose(scores, np.take_along_axis(expected_scores, indices, 1), atol=1e-5)
         # The mAP of the retriever's own ranking (its scores turned back into a full ranking) is metrics.json's.
         ranked_scores = np.zeros_like(scores)
@@ -71,7 +72,8 @@ def test_top_k_is_the_evaluators_ranking_and_reproduces_the_test_map(run_dir, te
         recomputed = mean_average_precision(np.eye(len(labels), dtype=np.float32), ranked_scores.T, labels, labels,
                                             distance="inner")
         direction = "i2t" if query == "image" else "t2i"
-        assert float(recomputed) == pytest.approx(reported[f"map_{direction}"], abs=1e-6)
+        assert float(recomputed) == pytest.approx(reported[f"map_{direction}"],
+                                                  abs=map_tolerance(differences, len(indices)))
 
 
 def test_keys_classes_and_metadata(run_dir, whole_rankings, test_split):
@@ -109,7 +111,7 @@ def test_every_distance_ranks_as_the_evaluator_with_ties_to_the_lower_index(dist
     expected_scores = similarity(np.asarray(query_encoder(queries)), np.asarray(target_encoder(gallery_features)),
                                  distance)
     expected = np.argsort(-expected_scores, axis=1, kind="stable")
-    assert ranking_differences(out["indices"].numpy(), expected_scores) == 0
+    assert ranking_differences(out["indices"].numpy(), expected_scores) < 0.01 * expected_scores.size
     np.testing.assert_allclose(out["scores"].numpy(), np.take_along_axis(expected_scores, expected, 1), atol=1e-4)
     tied = [list(row).index(2) for row in out["indices"].numpy()]
     for row, at in zip(out["indices"].numpy(), tied, strict=True):
@@ -305,3 +307,43 @@ def test_tf_serving_grpc_rest_and_warmup_for_the_retriever(run_dir, whole_rankin
     for log in logs:
         assert log.predict_log.request.model_spec.name == "text2image_retriever"
         predict(signature, log.predict_log.request)  # the server replays it at load: it must succeed
+
+
+@pytest.mark.slow
+def test_every_direction_of_an_sdml_run_with_three_unpaired_modalities(tmp_path):
+    """SDML trains one network per modality (the run's independent encoders, unpaired splits): each of the 3 x 2
+    directions gets a retriever whose whole ranking is the evaluator's and gives that direction's test mAP."""
+    from tf_xmr.experiment import load_experiment
+    from tf_xmr.modeling import prepare_data
+    from tf_xmr.run_dir import load_run_config
+    from tf_xmr.training.pipeline import train
+
+    run_dir = str(tmp_path / "sdml")
+    sets = [f"run_dir={run_dir}", "train.epochs=2", "train.verbose=0", "train.batch_size=20",
+            "train.jit_compile=false", "data.synthetic.dims={image: 24, text: 20, audio: 8}",
+            "data.synthetic.modality_fractions={audio: 0.3}", "data.synthetic.num_train=300",
+            "data.synthetic.num_test=100", "data.synthetic.num_classes=4", "model.encoder_units=[16, 16]",
+            "model.decoder_units=[16, 16]", "model.common_dim=8"]
+    metrics = train(load_experiment("configs/sdml_5modal.yaml", sets)).metrics
+    _, feature_set = prepare_data(load_run_config(run_dir))
+    test = feature_set.splits["test"]
+    assert not test.paired
+    embedded = {m: np.asarray(load_exported(run_dir, m)(test.features[m])) for m in feature_set.modalities}
+    for query in feature_set.modalities:
+        for target in (m for m in feature_set.modalities if m != query):
+            retriever = Retriever.load(build_retriever(run_dir, query=query, target=target,
+                                                       k=test.num_examples(target)))
+            assert retriever.query == query and retriever.size == test.num_examples(target)
+            indices, scores = retriever.search_indices(test.features[query])
+            differences = ranking_differences(indices, similarity(embedded[query], embedded[target], "cosine"))
+            assert differences < 0.01 * indices.size, differences
+            ranked = np.zeros_like(scores)
+            np.put_along_axis(ranked, indices, -np.arange(indices.shape[1], dtype=np.float32)[None, :], 1)
+            c = feature_set.num_classes
+            recomputed = mean_average_precision(np.eye(len(indices), dtype=np.float32), ranked.T,
+                                                _multi_hot(test.labels[query], c), _multi_hot(test.labels[target], c),
+                                                distance="inner")
+            assert float(recomputed) == pytest.approx(metrics["test"][f"map_{query}2{target}"],
+                                                      abs=map_tolerance(differences, len(indices)))
+    with pytest.raises(ConfigError, match="say which one queries with --query"):
+        build_retriever(run_dir, target="audio")

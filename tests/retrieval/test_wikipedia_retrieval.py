@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_in_process
-from tests.retrieval.ranking import ranking_differences
+from tests.retrieval.ranking import map_tolerance, ranking_differences
 from tf_xmr.export import load_exported
 from tf_xmr.metrics.retrieval import mean_average_precision, similarity
 from tf_xmr.retrieval import Retriever, build_retriever
@@ -64,8 +64,9 @@ def test_whole_rankings_are_the_evaluators_and_give_the_reported_map(wikipedia_r
         np.put_along_axis(ranked, indices, -np.arange(indices.shape[1], dtype=np.float32)[None, :], 1)
         recomputed = mean_average_precision(np.eye(693, dtype=np.float32), ranked.T, labels, labels, distance="inner")
         direction = "i2t" if query == "image" else "t2i"
-        # Measured: 0.2104778 against 0.2104779 (t2i), 0.2718087 against 0.2718087 (i2t).
-        assert float(recomputed) == pytest.approx(reported[f"map_{direction}"], abs=1e-6)
+        # Measured: 0.21047784 against 0.21047789 (t2i), 0.27180873 against 0.27180873 (i2t): the swaps happened
+        # to move no AP beyond 5e-8, well inside the bound of map_tolerance (0.019 and 0.014).
+        assert float(recomputed) == pytest.approx(reported[f"map_{direction}"], abs=map_tolerance(differences, 693))
 
 
 def test_query_by_a_wikipedia_article_id(wikipedia_run, capsys, monkeypatch):

@@ -341,13 +341,3 @@ def load_exported(run_dir: str, modality: str, version: int | None = None) -> Ex
     if chosen not in found:
         raise ModelInputError(f"export version {chosen} not found under {model_dir}; available: {found}")
     return ExportedEncoder(os.path.join(model_dir, str(chosen)))
-
-
-def check_equal(encoder: keras.Model, exported: ExportedEncoder, features: np.ndarray, atol: float = 1e-5) -> float:
-    """Max absolute difference between a Keras encoder and its export on ``features`` (raises if above ``atol``)."""
-    reference = np.asarray(encoder(features, training=False))
-    served = np.asarray(exported(features))
-    diff = float(np.max(np.abs(reference - served)))
-    if diff > atol:
-        raise AssertionError(f"export differs from the Keras encoder by {diff} > {atol}")
-    return diff
