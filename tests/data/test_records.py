@@ -224,3 +224,31 @@ def test_load_errors(written, tmp_path):
         if name.startswith("val-"):
             os.remove(copy / name)
     assert "no shard files" in _load_error(str(copy))
+
+
+def test_item_ids_round_trip_and_key_gallery_items(small, tmp_path):
+    """Ids stored beside the shards come back as the split's keys (a retrieval gallery answers with them) and a
+    records split streams into the same gallery items as the in-memory one; splits without ids are keyed by row."""
+    from tf_xmr.retrieval.index import dataset_items
+
+    test = small.splits["test"]
+    ids = {"image": np.asarray([f"img-{i:03d}" for i in range(test.num_examples())]),
+           "text": np.asarray([f"caption {i}" for i in range(test.num_examples())])}
+    with_ids = small.replace(splits={**small.splits, "test": Split(test.features, test.labels, ids=ids)})
+    out = write_records(with_ids, str(tmp_path / "ids"), num_shards=3)
+    assert json.load(open(os.path.join(out, "dataset.json")))["splits"]["test"]["ids"] == ["image", "text"]
+    loaded = load_records(out)
+    np.testing.assert_array_equal(loaded.splits["test"].keys("text", "test"), ids["text"])
+    assert loaded.splits["train"].keys("image", "train")[:2].tolist() == ["train/0", "train/1"]
+    streamed, held = dataset_items(loaded, "image", "test"), dataset_items(with_ids, "image", "test")
+    np.testing.assert_array_equal(streamed.features, held.features)
+    np.testing.assert_array_equal(streamed.keys, held.keys)
+    np.testing.assert_array_equal(streamed.classes, held.classes)
+    os.remove(os.path.join(out, "test.text.ids"))
+    with pytest.raises(DataError, match="ids file missing: .*test.text.ids"):
+        load_records(out)
+    bad = small.replace(splits={"test": Split(test.features, test.labels, ids={"image": np.asarray(
+        ["a\nb"] + ["x"] * (test.num_examples() - 1))})})
+    with pytest.raises(DataError, match="contains a line break"):
+        write_records(bad, str(tmp_path / "bad"))
+    assert not os.path.exists(tmp_path / "bad")

@@ -149,6 +149,8 @@ class RecordSplit:
         num_shards: number of shard files per file family.
         stats: modality -> (mean float32 (d,), std float32 (d,)) of this split, from the sidecar.
         class_counts: modality -> int64 (c,) number of items carrying each class, from the sidecar.
+        ids_files: modality -> text file of the items' ids, one per line in item order (modalities without one are
+            keyed by row).
     """
 
     root: str
@@ -160,11 +162,27 @@ class RecordSplit:
     num_shards: int
     stats: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     class_counts: dict[str, np.ndarray] = field(default_factory=dict)
+    ids_files: dict[str, str] = field(default_factory=dict)
 
     @property
     def modalities(self) -> tuple[str, ...]:
         """The modality names in this split, in sidecar order."""
         return tuple(self.counts)
+
+    def keys(self, modality: str, split_name: str) -> np.ndarray:
+        """The item keys of ``modality`` (str (n_m,)): its stored ids when there are any, else ``<split>/<row>``."""
+        n = self.num_examples(modality)
+        path = self.ids_files.get(modality)
+        if path is None:
+            return np.asarray([f"{split_name}/{i}" for i in range(n)], dtype=str)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                ids = handle.read().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"records: cannot read ids file {path}: {exc}") from None
+        if len(ids) != n:
+            raise DataError(f"records: {path} holds {len(ids)} ids but dataset.json says {n} {modality} items")
+        return np.asarray(ids, dtype=str)
 
     def num_examples(self, modality: str | None = None) -> int:
         """Number of items of ``modality``; with ``modality=None`` the common count of a paired split."""

@@ -13,7 +13,8 @@ Item ``i`` goes to shard ``i % num_shards``, so reading the shards round-robin (
 ``cycle_length=num_shards``) returns the items in their original order, which evaluation relies on.
 
 The sidecar records: format and version, name, source, modalities, dims, class_names, multi_label, num_shards,
-per split ``paired`` / ``counts`` / ``class_counts`` per modality, per split and modality ``feature_stats`` (mean and
+per split ``paired`` / ``counts`` / ``class_counts`` per modality and ``ids`` (the modalities whose item ids are
+stored, one per line in item order, in ``<split>.<modality>.ids``), per split and modality ``feature_stats`` (mean and
 std lists; standardise with the train entry), and ``class_embeddings`` (nested list or null).
 """
 
@@ -69,6 +70,21 @@ def _write_family(tf, directory: str, family: str, columns: dict[str, np.ndarray
     finally:
         for w in writers:
             w.close()
+
+
+def _ids_name(split_name: str, modality: str) -> str:
+    return f"{split_name}.{modality}.ids"
+
+
+def _write_ids(directory: str, split_name: str, ids: dict[str, np.ndarray]) -> None:
+    """The items' ids, one per line in item order, beside the shards (``<split>.<modality>.ids``): retrieval
+    galleries answer with them, and a text file stays readable without TensorFlow."""
+    for m, values in ids.items():
+        bad = [v for v in values if "\n" in v or "\r" in v]
+        if bad:
+            raise DataError(f"write_records: {m} id {bad[0]!r} of split {split_name!r} contains a line break")
+        with open(os.path.join(directory, _ids_name(split_name, m)), "w", encoding="utf-8") as f:
+            f.writelines(f"{v}\n" for v in values)
 
 
 def write_records(feature_set: FeatureSet, out_dir: str, *, num_shards: int = 4) -> str:
@@ -139,6 +155,9 @@ def write_records(feature_set: FeatureSet, out_dir: str, *, num_shards: int = 4)
                 "counts": {m: split.num_examples(m) for m in feature_set.modalities},
                 "class_counts": {m: class_counts(labels[m], c).tolist() for m in feature_set.modalities},
             }
+            if split.ids:
+                _write_ids(tmp, split_name, split.ids)
+                sidecar["splits"][split_name]["ids"] = sorted(split.ids)
             stats = {}
             for m in feature_set.modalities:
                 mean, std = feature_stats(split, m)
@@ -227,6 +246,7 @@ def load_records(root: str, *, verify: bool = True) -> FeatureSet:
                 num_shards=num_shards,
                 stats=stats,
                 class_counts=counts_by_class,
+                ids_files={m: os.path.join(root, _ids_name(split_name, m)) for m in info.get("ids", [])},
             )
         embeddings = meta.get("class_embeddings")
         embeddings = None if embeddings is None else np.asarray(embeddings, dtype=np.float32)
@@ -244,6 +264,10 @@ def load_records(root: str, *, verify: bool = True) -> FeatureSet:
                 raise DataError(f"records: no shard files matching {split.file_pattern(m)}")
             if missing:
                 raise DataError(f"records: shard file missing: {missing[0]} ({len(missing)} of {len(files)} missing)")
+        for m, ids_path in split.ids_files.items():
+            if not os.path.isfile(ids_path):
+                raise DataError(f"records: ids file missing: {ids_path} (dataset.json lists {m} ids for split "
+                                f"{split.name!r})")
 
     feature_set = FeatureSet(
         name=str(meta["name"]),

@@ -107,14 +107,26 @@ def dataset_items(feature_set, target: str, gallery: str) -> GalleryItems:
     features, keys, classes = [], [], []
     for name in (n for n in names if n in feature_set.splits):
         split = feature_set.splits[name]
-        if not hasattr(split, "keys"):
-            raise ConfigError(f"--gallery {gallery}: split {name!r} is streamed from TFRecords; export its {target} "
-                              "features to a .npz and pass --gallery-features F.npz --keys K.txt")
-        features.append(split.features[target])
+        rows, labels = split_arrays(split, target, feature_set.num_classes)
+        features.append(rows)
         keys.append(split.keys(target, name))
-        classes.append(class_strings(split.labels[target], feature_set.class_names))
+        classes.append(class_strings(labels, feature_set.class_names))
     return GalleryItems(np.concatenate(features), np.concatenate(keys), np.concatenate(classes),
                         f"the run's {gallery} split{'s' if gallery == 'all' else ''}")
+
+
+def split_arrays(split, modality: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A split's ``modality`` features (n, d) and labels, in item order: in memory already, or streamed once from
+    TFRecords (the records' round-robin read returns the items in their written order)."""
+    if hasattr(split, "features"):
+        return split.features[modality], split.labels[modality]
+    from tf_xmr.data import make_dataset
+
+    rows, labels = [], []
+    for batch in make_dataset(split, batch_size=1024, num_classes=num_classes, modalities=[modality]):
+        rows.append(batch[modality].numpy())
+        labels.append(batch["labels"].numpy())
+    return np.concatenate(rows), np.concatenate(labels)
 
 
 def file_items(features_path: str, keys_path: str | None, target: str) -> GalleryItems:

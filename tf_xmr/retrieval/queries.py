@@ -61,18 +61,19 @@ def read_query_features(path: str, query: str) -> np.ndarray:
 def query_by_key(run_dir: str, query: str, key: str) -> tuple[np.ndarray, str]:
     """The features (1, d) and class name of the run's own ``query`` item with this key (test, val, then train)."""
     from tf_xmr.modeling import prepare_data
-    from tf_xmr.retrieval.index import class_strings
+    from tf_xmr.retrieval.index import class_strings, split_arrays
     from tf_xmr.run_dir import load_run_config
 
     config, feature_set = prepare_data(load_run_config(run_dir))
     for name in ("test", "val", "train"):
         split = feature_set.splits.get(name)
-        if split is None or not hasattr(split, "keys") or query not in split.features:
+        if split is None or query not in split.modalities:
             continue
         rows = np.flatnonzero(split.keys(query, name) == key)
         if rows.size:
             row = int(rows[0])
-            label = class_strings(split.labels[query][row:row + 1], feature_set.class_names)[0]
-            return split.features[query][row:row + 1], str(label)
+            features, labels = split_arrays(split, query, feature_set.num_classes)
+            label = class_strings(labels[row:row + 1], feature_set.class_names)[0]
+            return features[row:row + 1], str(label)
     raise DataError(f"no {query} item with key {key!r} in the run's data (keys are the dataset's item ids, or "
                     "<split>/<row> where it has none)")
