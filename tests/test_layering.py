@@ -14,6 +14,8 @@ Layers, bottom up (a module may import its own layer and the layers listed for i
 - ``experiment``, ``modeling``, ``scoring``, ``run_dir``: configs typed by method, models built from data, scores of
   encoders on splits, the run directory's files;
 - ``export``, ``evaluation``: take trained models and scoring from below training, never ``tf_xmr.training``;
+- ``featurize``: raw images and texts to feature records (writes what ``data`` reads); ``export`` and ``retrieval``
+  take its fitted featurizers for raw-input signatures and queries;
 - ``retrieval``: galleries and retrievers built on the exports and a run's encoders, never ``tf_xmr.training``;
 - ``training``: the run pipeline and the fit stages;
 - entry points: ``cli``, ``reporting``, ``commands`` (train / evaluate / tune), and every ``__main__`` module.
@@ -44,9 +46,12 @@ ALLOWED = {
     "run_dir": FOUNDATION | {"config", "experiment"},
     "modeling": FOUNDATION | {"config", "data", "methods", "run_dir"},
     "scoring": FOUNDATION | {"config", "data", "metrics"},
-    "export": FOUNDATION | {"config", "data", "modeling", "run_dir", "scoring", "methods"},
+    "export": FOUNDATION | {"config", "data", "modeling", "run_dir", "scoring", "methods", "featurize"},
     "evaluation": FOUNDATION | {"config", "data", "metrics", "modeling", "run_dir", "scoring", "export", "methods"},
-    "retrieval": FOUNDATION | {"config", "data", "metrics", "modeling", "run_dir", "scoring", "export", "methods"},
+    # featurize writes what data reads; it never imports a method, a model or training.
+    "featurize": FOUNDATION | {"config", "data"},
+    "retrieval": FOUNDATION | {"config", "data", "metrics", "modeling", "run_dir", "scoring", "export", "methods",
+                               "featurize"},
     "training": FOUNDATION | LEAVES | {"methods", "experiment", "modeling", "scoring", "run_dir", "export"},
 }
 ENTRY_POINTS = {"cli", "reporting", "__init__"}

@@ -21,6 +21,7 @@ COMMANDS = {
     "export": ("tf_xmr.export.__main__", "export a run's best checkpoint as SavedModels (python -m tf_xmr.export)"),
     "retrieval": ("tf_xmr.retrieval.__main__", "build or extend a retriever SavedModel (python -m tf_xmr.retrieval)"),
     "retrieve": ("tf_xmr.commands.retrieve", "top k items of the other modality for a query (python retrieve.py)"),
+    "featurize": ("tf_xmr.featurize.__main__", "raw images and texts -> feature records (python -m tf_xmr.featurize)"),
     "data": ("tf_xmr.data.__main__", "data utilities: convert a feature set to TFRecords (python -m tf_xmr.data)"),
 }
 

@@ -2,9 +2,12 @@
 
     python retrieve.py --run-dir DIR --query text (--features Q.npy | --query-key ID) [--target image] [--k 10]
                        [--json] [--exact]
+    python retrieve.py --run-dir DIR --query-text "a caption" | --query-image photo.jpg    (featurized runs)
 
 ``--features`` takes a .npy (or single-array .npz) of query feature rows (n, d_query) or one row (d_query,);
-``--query-key`` takes an item of the run's own data ("the images for this article"). The retriever is the latest
+``--query-key`` takes an item of the run's own data ("the images for this article"); ``--query-text`` and
+``--query-image`` take raw inputs when the run trained on data written by ``python -m tf_xmr.featurize``, featurized
+with the featurizers saved there. The retriever is the latest
 version of ``<run_dir>/export/<query>2<target>_retriever`` (``python -m tf_xmr.retrieval build`` writes it).
 """
 
@@ -18,11 +21,15 @@ from tf_xmr.cli import quiet_tensorflow
 def main(argv=None, prog: str | None = None) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True, help="a run directory with a built retriever")
-    parser.add_argument("--query", required=True, help="the modality asked with, e.g. text")
+    parser.add_argument("--query", help="the modality asked with, e.g. text (implied by --query-text/--query-image)")
     parser.add_argument("--target", help="the modality ranked (default: the run's other modality)")
     given = parser.add_mutually_exclusive_group(required=True)
     given.add_argument("--features", metavar="Q.npy", help="query feature rows (.npy, or an .npz with one array)")
     given.add_argument("--query-key", metavar="ID", help="an item of the run's data, by its key")
+    given.add_argument("--query-text", metavar="TEXT", action="append",
+                       help="a raw text (repeatable), featurized as the run's training data was (featurized runs)")
+    given.add_argument("--query-image", metavar="PATH", action="append",
+                       help="an image file (repeatable), featurized as the run's training data was (featurized runs)")
     parser.add_argument("--k", type=int, help="results per query (default: the retriever's k)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--exact", action="store_true", help="ignore an approximate index; rank by brute force")
@@ -30,10 +37,15 @@ def main(argv=None, prog: str | None = None) -> int:
     quiet_tensorflow()
     from tf_xmr.errors import ConfigError
     from tf_xmr.retrieval.index import retriever_dir, retriever_name
-    from tf_xmr.retrieval.queries import query_by_key, read_query_features, run_direction
+    from tf_xmr.retrieval.queries import featurize_query, query_by_key, read_query_features, run_direction
     from tf_xmr.retrieval.retriever import Retriever
 
-    query, target = run_direction(args.run_dir, args.query, args.target)
+    raw_modality = "text" if args.query_text else "image" if args.query_image else None
+    if raw_modality and args.query not in (None, raw_modality):
+        raise ConfigError(f"--query-{raw_modality} asks with a {raw_modality}; drop --query {args.query} or use it")
+    if raw_modality is None and args.query is None:
+        raise ConfigError("say which modality asks with --query (or give --query-text / --query-image)")
+    query, target = run_direction(args.run_dir, args.query or raw_modality, args.target)
     model_dir = retriever_dir(args.run_dir, query, target)
     if not os.path.isdir(model_dir):
         raise ConfigError(f"{args.run_dir} has no {retriever_name(query, target)}; build one with "
@@ -43,6 +55,10 @@ def main(argv=None, prog: str | None = None) -> int:
         features = read_query_features(args.features, query)
         names = [f"row {i}" for i in range(features.shape[0])]
         classes = [""] * len(names)
+    elif raw_modality:
+        raw = args.query_text or args.query_image
+        features = featurize_query(args.run_dir, raw_modality, raw)
+        names, classes = [repr(item) if raw_modality == "text" else item for item in raw], [""] * len(raw)
     else:
         features, class_name = query_by_key(args.run_dir, query, args.query_key)
         names, classes = [args.query_key], [class_name]

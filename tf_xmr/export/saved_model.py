@@ -114,15 +114,33 @@ def checked_features(features: tf.Tensor, what: str = "features") -> tf.Tensor:
         return tf.debugging.check_numerics(features, f"{what} contain NaN or Inf")
 
 
-class EncoderModule(tf.Module):
-    """What an encoder SavedModel holds: the Keras encoder (its variables, once) and the serving function."""
+def checked_raw(raw: tf.Tensor, what: str) -> tf.Tensor:
+    """A raw-input batch (b,) strings after the in-graph empty-batch check."""
+    assert_nonempty = tf.debugging.assert_greater(
+        tf.shape(raw)[0], 0, message=f"empty batch: {what} must have at least one item")
+    with tf.control_dependencies([assert_nonempty]):
+        return tf.identity(raw)
 
-    def __init__(self, encoder: keras.Model, input_dim: int, l2_normalize: bool):
+
+class EncoderModule(tf.Module):
+    """What an encoder SavedModel holds: the Keras encoder (its variables, once), the serving function, and, for a
+    run on featurized data, the featurizer graph of a raw-input signature (``tf_xmr.featurize.raw``)."""
+
+    def __init__(self, encoder: keras.Model, input_dim: int, l2_normalize: bool, raw_input=None):
         super().__init__(name="encoder_export")
         self.encoder = encoder
         self._l2_normalize = bool(l2_normalize)
         self.serve = tf.function(
             self._serve, input_signature=[tf.TensorSpec([None, input_dim], tf.float32, name=INPUT_NAME)])
+        if raw_input is not None:
+            self.raw_featurizer = raw_input.trackable  # its weights or vocabulary tables go into the SavedModel
+            self._raw = raw_input
+            self.serve_raw = tf.function(
+                self._serve_raw, input_signature=[tf.TensorSpec([None], tf.string, name=raw_input.signature)])
+
+    def _serve_raw(self, raw):
+        features = self._raw.fn(checked_raw(raw, self._raw.signature))
+        return {OUTPUT_NAME: self.embed(features)}
 
     def embed(self, features: tf.Tensor) -> tf.Tensor:
         embedding = self.encoder(features, training=False)
@@ -165,18 +183,20 @@ def write_version(model_dir: str, write, version: int | None = None) -> str:
     return final
 
 
-def save_module(module: tf.Module, folder: str, signatures: dict, metadata: dict, warmup_inputs: dict | None,
-                model_name: str) -> None:
-    """``tf.saved_model.save`` plus the two ``assets.extra`` files: ``tf_xmr.json`` and TF Serving's warmup log."""
-    from tf_xmr.export.serving import write_warmup_requests
+def save_module(module: tf.Module, folder: str, signatures: dict, metadata: dict, warmup, model_name: str) -> None:
+    """``tf.saved_model.save`` plus the two ``assets.extra`` files: ``tf_xmr.json`` and TF Serving's warmup log.
+
+    ``warmup`` is ``[(signature name, {input name: array}), ...]``: one request per signature worth warming.
+    """
+    from tf_xmr.export.serving import write_warmup_file
 
     tf.saved_model.save(module, folder, signatures=signatures)
     os.makedirs(os.path.join(folder, "assets.extra"), exist_ok=True)
     with open(metadata_path(folder), "w", encoding="utf-8") as handle:
         json.dump({"format": METADATA_FORMAT, "tf_xmr_version": _version(), **metadata}, handle, indent=2)
         handle.write("\n")
-    if warmup_inputs is not None:
-        write_warmup_requests(folder, model_name, warmup_inputs)
+    if warmup:
+        write_warmup_file(folder, model_name, warmup)
 
 
 def _version() -> str:
@@ -190,7 +210,7 @@ def _version() -> str:
 
 def export_encoder(encoder: keras.Model, model_dir: str, *, input_dim: int, l2_normalize: bool = False,
                    version: int | None = None, distance: str | None = None, modality: str | None = None,
-                   example: np.ndarray | None = None) -> str:
+                   example: np.ndarray | None = None, raw_input=None) -> str:
     """Write one encoder as a versioned SavedModel with a ``serving_default`` signature.
 
     Args:
@@ -202,12 +222,13 @@ def export_encoder(encoder: keras.Model, model_dir: str, *, input_dim: int, l2_n
         distance: the run's ``eval.distance``, recorded in ``assets.extra/tf_xmr.json``.
         modality: the modality name, recorded there too (default: from the folder name).
         example: (b, input_dim) feature rows for TF Serving's warmup request (default: one row of zeros).
+        raw_input: a ``tf_xmr.featurize.raw.RawInput``: adds the raw-input signature (``image_bytes`` or ``text``).
 
     Returns:
         Path of the written version folder.
     """
     model_name = os.path.basename(os.path.normpath(model_dir))
-    module = EncoderModule(encoder, input_dim, l2_normalize)
+    module = EncoderModule(encoder, input_dim, l2_normalize, raw_input)
     d_common = int(encoder.output_shape[-1])
     metadata = {
         "kind": "encoder",
@@ -219,12 +240,14 @@ def export_encoder(encoder: keras.Model, model_dir: str, *, input_dim: int, l2_n
         "encoder_fingerprint": weights_fingerprint(encoder),
     }
     example = np.zeros((1, input_dim), np.float32) if example is None else np.asarray(example, np.float32)
-    return write_version(
-        model_dir,
-        lambda folder: save_module(module, folder, {SIGNATURE: module.serve}, metadata, {INPUT_NAME: example},
-                                   model_name),
-        version,
-    )
+    signatures, warmup = {SIGNATURE: module.serve}, [(SIGNATURE, {INPUT_NAME: example})]
+    if raw_input is not None:
+        signatures[raw_input.signature] = module.serve_raw
+        warmup.append((raw_input.signature, {raw_input.signature: raw_input.example}))
+        metadata["raw_input"] = {"signature": raw_input.signature, "input": raw_input.signature, "dtype": "string",
+                                 "shape": [None]}
+    return write_version(model_dir, lambda folder: save_module(module, folder, signatures, metadata, warmup,
+                                                               model_name), version)
 
 
 class ExportedEncoder:
@@ -318,7 +341,9 @@ def export_run_encoders(run_dir: str, config, dims, encoders: dict, *, replace: 
         modality -> path of the written version folder.
     """
     from tf_xmr.export.serving import write_models_config
+    from tf_xmr.featurize.raw import raw_inputs
 
+    raw = raw_inputs(config.data)  # raw-input signatures when the run trained on featurized data
     exports = {}
     for modality, encoder in encoders.items():
         model_dir = encoder_dir(run_dir, modality)
@@ -326,7 +351,7 @@ def export_run_encoders(run_dir: str, config, dims, encoders: dict, *, replace: 
             shutil.rmtree(model_dir, ignore_errors=True)
         exports[modality] = export_encoder(encoder, model_dir, input_dim=int(dims[modality]),
                                            l2_normalize=normalizes(config), distance=config.eval.distance,
-                                           modality=modality)
+                                           modality=modality, raw_input=raw.get(modality))
     write_models_config(run_dir)
     return exports
 

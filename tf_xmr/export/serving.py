@@ -439,10 +439,19 @@ def write_warmup_requests(version_dir: str, model_name: str, inputs: dict[str, n
     Returns:
         Path of the written file.
     """
-    logs = warmup_requests(model_name, inputs, signature_name)
-    specs = _saved_model_input_specs(version_dir, signature_name)
-    if specs is not None:
-        for log in logs:
+    return write_warmup_file(version_dir, model_name, [(signature_name, inputs)])
+
+
+def write_warmup_file(version_dir: str, model_name: str, requests: list[tuple[str, dict[str, np.ndarray]]]) -> str:
+    """Like :func:`write_warmup_requests`, with one request per ``(signature name, inputs)`` in one file (a model
+    with a raw-input signature beside ``serving_default`` warms both)."""
+    logs = []
+    for signature_name, inputs in requests:
+        logs.extend(warmup_requests(model_name, inputs, signature_name))
+        specs = _saved_model_input_specs(version_dir, signature_name)
+        if specs is None:
+            continue
+        for log in logs[-1:]:
             given = {name: (tf.as_dtype(proto.dtype), tuple(d.size for d in proto.tensor_shape.dim))
                      for name, proto in log.predict_log.request.inputs.items()}
             try:

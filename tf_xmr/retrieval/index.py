@@ -192,12 +192,13 @@ def _read_features(path: str, target: str) -> np.ndarray:
 # The SavedModel
 
 
-def _retriever_module(query_encoder, target_encoder, query_dim: int, target_dim: int, distance: str):
+def _retriever_module(query_encoder, target_encoder, query_dim: int, target_dim: int, distance: str,
+                      raw_input=None):
     """A ``tf.Module`` with the query encoder and a gallery slot; built lazily so that ``tf_xmr.retrieval`` imports
     without TensorFlow."""
     import tensorflow as tf
 
-    from tf_xmr.export.saved_model import checked_features
+    from tf_xmr.export.saved_model import checked_features, checked_raw
 
     class RetrieverModule(tf.Module):
         """Query encoder + gallery variables + top k: what a retriever SavedModel holds."""
@@ -207,6 +208,9 @@ def _retriever_module(query_encoder, target_encoder, query_dim: int, target_dim:
             self.query_encoder = query_encoder
             spec = [tf.TensorSpec([None, query_dim], tf.float32, name=INPUT_NAME)]
             self.embed_query = tf.function(self._embed_query, input_signature=spec)
+            if raw_input is not None:
+                # A run on featurized data: the query featurizer's graph too (tf_xmr.featurize.raw).
+                self.raw_featurizer = raw_input.trackable
 
         def _unit(self, embedding):
             # Cosine: unit rows on both sides, so the inner product is the cosine similarity.
@@ -237,9 +241,18 @@ def _retriever_module(query_encoder, target_encoder, query_dim: int, target_dim:
             self.k = min(int(k), len(gallery))
             self.serve = tf.function(
                 self._serve, input_signature=[tf.TensorSpec([None, query_dim], tf.float32, name=INPUT_NAME)])
+            if raw_input is not None:
+                self.serve_raw = tf.function(
+                    self._serve_raw, input_signature=[tf.TensorSpec([None], tf.string, name=raw_input.signature)])
 
         def _serve(self, features):
-            query = self._embed_query(features)["embedding"]
+            return self._top_k(self._embed_query(features)["embedding"])
+
+        def _serve_raw(self, raw):
+            features = raw_input.fn(checked_raw(raw, raw_input.signature))
+            return self._top_k(self._unit(self.query_encoder(features, training=False)))
+
+        def _top_k(self, query):
             products = tf.matmul(query, self.gallery_embeddings, transpose_b=True)
             if distance == "euclidean":
                 # The evaluator's squared distance ||q||^2 + ||g||^2 - 2<q, g>, clipped at 0, negated so that top k
@@ -355,7 +368,11 @@ def build_retriever(run_dir: str, *, target: str, query: str | None = None, gall
     encoders = trained_encoders(run_dir, config, feature_set)
     distance = config.eval.distance
     dims = {m: int(feature_set.dims[m]) for m in (query, target)}
-    module, embed_target = _retriever_module(encoders[query], encoders[target], dims[query], dims[target], distance)
+    from tf_xmr.featurize.raw import raw_inputs
+
+    raw_input = raw_inputs(config.data).get(query)  # a raw-input signature when the run trained on featurized data
+    module, embed_target = _retriever_module(encoders[query], encoders[target], dims[query], dims[target], distance,
+                                             raw_input)
     fingerprints = {"query": weights_fingerprint(encoders[query]), "target": weights_fingerprint(encoders[target])}
     model_dir = retriever_dir(run_dir, query, target)
 
@@ -419,9 +436,16 @@ def build_retriever(run_dir: str, *, target: str, query: str | None = None, gall
         "run_dir": os.path.abspath(run_dir),
     }
 
+    signatures = {RETRIEVER_SIGNATURE: module.serve, EMBED_SIGNATURE: module.embed_query}
+    warmup = [(RETRIEVER_SIGNATURE, {INPUT_NAME: np.zeros((1, dims[query]), np.float32)})]
+    if raw_input is not None:
+        signatures[raw_input.signature] = module.serve_raw
+        warmup.append((raw_input.signature, {raw_input.signature: raw_input.example}))
+        metadata["raw_input"] = {"signature": raw_input.signature, "input": raw_input.signature, "dtype": "string",
+                                 "shape": [None]}
+
     def write(folder: str) -> None:
-        save_module(module, folder, {RETRIEVER_SIGNATURE: module.serve, EMBED_SIGNATURE: module.embed_query},
-                    metadata, {INPUT_NAME: np.zeros((1, dims[query]), np.float32)}, name)
+        save_module(module, folder, signatures, metadata, warmup, name)
         if index is not None:
             index.save(os.path.join(folder, "assets.extra", ANN_FOLDER))
 

@@ -77,3 +77,16 @@ def query_by_key(run_dir: str, query: str, key: str) -> tuple[np.ndarray, str]:
             return features[row:row + 1], str(label)
     raise DataError(f"no {query} item with key {key!r} in the run's data (keys are the dataset's item ids, or "
                     "<split>/<row> where it has none)")
+
+
+def featurize_query(run_dir: str, modality: str, raw) -> np.ndarray:
+    """Raw texts or image paths -> features (n, d) with the featurizers of the run's featurized training data."""
+    from tf_xmr.featurize.pipeline import has_featurizers, load
+    from tf_xmr.run_dir import load_run_config
+
+    data = load_run_config(run_dir).data
+    if data.source != "records" or not has_featurizers(data.root):
+        raise ConfigError(f"{run_dir} was not trained on data written by python -m tf_xmr.featurize (its data is "
+                          f"{data.source} {data.root or ''}); give --features or --query-key")
+    featurizers = load(data.root)
+    return featurizers.text(list(raw)) if modality == "text" else featurizers.image(list(raw))
