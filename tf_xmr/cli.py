@@ -81,6 +81,8 @@ def run(main: Callable[[], int | None]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     # TensorFlow's own Python INFO lines (checkpoint sharding timings, asset paths) are for its developers.
     logging.getLogger("tensorflow").setLevel(logging.WARNING)
+    # gensim logs every dictionary save and model pass at INFO (the text featurizers): progress lines say enough.
+    logging.getLogger("gensim").setLevel(logging.WARNING)
     from tf_xmr.errors import XmrError
 
     try:
