@@ -597,6 +597,10 @@ def _convert(value: Any, tp: Any, key: str, sources: SourceMap, spec: FieldSpec,
         for member in args:
             if member is type(None):
                 continue
+            if _is_dataclass_type(member) and isinstance(value, Mapping):
+                # The section's own errors (a typo in a nested key) name that key; a union-level "must be a mapping"
+                # would hide it.
+                return _convert(value, member, key, sources, spec, declared)
             try:
                 return _convert(value, member, key, sources, spec, declared)
             except _Mismatch:
