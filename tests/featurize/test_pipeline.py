@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.conftest import run_in_process
+from tests.conftest import ROOT, run_in_process
 from tf_xmr.errors import DataError
 from tf_xmr.featurize import load
 from tf_xmr.featurize.config import load_featurize_config
@@ -27,7 +27,7 @@ def demo(tmp_path_factory):
 
 
 def _config(*extra):
-    return load_featurize_config("configs/featurize/demo.yaml", [*FAST, *extra])
+    return load_featurize_config(os.path.join(ROOT, "configs", "featurize", "demo.yaml"), [*FAST, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -143,3 +143,11 @@ def test_config_mistakes_fail_before_any_work(demo, tmp_path, capsys, monkeypatc
     (tmp_path / "o" / "x").write_text("taken")
     taken = run_in_process(capsys, monkeypatch, "featurize", *args)
     assert taken.returncode == 2 and "exists and is not an empty folder" in taken.stderr
+
+
+def test_every_preset_loads_strictly():
+    names = sorted(os.listdir(os.path.join(ROOT, "configs", "featurize")))
+    assert {"demo.yaml", "vgg19_tfidf.yaml", "vgg19_lda.yaml", "resnet50_doc2vec.yaml"} <= set(names)
+    for name in names:
+        config = load_featurize_config(os.path.join(ROOT, "configs", "featurize", name))
+        assert config.image is not None and config.text is not None, name

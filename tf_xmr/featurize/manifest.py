@@ -189,8 +189,8 @@ def assign_splits(manifest: Manifest, *, val_fraction: float, test_fraction: flo
     """split name -> rows, in manifest order: the manifest's own splits, or a seeded split by class.
 
     Without a split column, each class's items (by first label) are shuffled with ``seed`` and the first
-    ``round(test_fraction * n)`` go to test, the next ``round(val_fraction * n)`` to val, the rest to train (at least
-    one item per class stays in train).
+    ``round(test_fraction * n)`` go to test, the next ``round(val_fraction * n)`` to val, the rest to train (a class of
+    three or more items keeps at least one in each split whose fraction is set; at least one stays in train).
     """
     if manifest.rows[0].split is not None:
         out = {name: [row for row in manifest.rows if row.split == name] for name in SPLITS}
@@ -200,8 +200,10 @@ def assign_splits(manifest: Manifest, *, val_fraction: float, test_fraction: flo
         for name in manifest.class_names:
             members = [row.id for row in manifest.rows if row.labels[0] == name]
             members = [members[i] for i in rng.permutation(len(members))]
-            n_test = int(round(test_fraction * len(members)))
-            n_val = int(round(val_fraction * len(members)))
+            # At least one test and one validation item per class when its fraction is set and the class has three
+            # items (training selects on val and scores every class on test); at least one stays in train.
+            n_test = max(int(round(test_fraction * len(members))), int(test_fraction > 0 and len(members) >= 3))
+            n_val = max(int(round(val_fraction * len(members))), int(val_fraction > 0 and len(members) >= 3))
             n_test, n_val = min(n_test, len(members) - 1), min(n_val, max(len(members) - 1 - n_test, 0))
             for i, item_id in enumerate(members):
                 chosen[item_id] = "test" if i < n_test else "val" if i < n_test + n_val else "train"
