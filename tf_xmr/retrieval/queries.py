@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from tf_xmr.errors import ConfigError, DataError
@@ -14,8 +16,6 @@ def run_direction(run_dir: str, query: str, target: str | None) -> tuple[str, st
 
     modalities = run_modalities(run_dir)
     if modalities is None:
-        import os
-
         from tf_xmr.files import read_json_if_present
 
         # A finished run records its data's modalities in data.json; the config alone does not name them.
@@ -39,23 +39,9 @@ def _other(modalities, query: str) -> str:
 def read_query_features(path: str, query: str) -> np.ndarray:
     """Query rows float32 (n, d) from a .npy or an .npz (the array named after the query modality, or the only
     one); a single row (d,) is one query."""
-    import os
+    from tf_xmr.retrieval.index import read_feature_file
 
-    if not os.path.exists(path):
-        raise DataError(f"query features file not found: {path}")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path} is not a readable .npy or .npz file ({str(exc).splitlines()[0]})") from None
-    if not isinstance(loaded, np.ndarray):
-        with loaded:
-            names = list(loaded.files)
-            if query not in names and len(names) != 1:
-                raise DataError(f"{path} holds arrays {names}; name the query features {query!r} or store one array")
-            loaded = loaded[query if query in names else names[0]]
-    if loaded.dtype.kind not in "fiu" or loaded.ndim not in (1, 2):
-        raise DataError(f"{path} must hold numeric query features (n, d) or (d,), got {loaded.dtype} {loaded.shape}")
-    return np.atleast_2d(loaded).astype(np.float32)
+    return read_feature_file(path, query, "query features", one_row=True)
 
 
 def query_by_key(run_dir: str, query: str, key: str) -> tuple[np.ndarray, str]:
