@@ -5,6 +5,8 @@ Layout (design.md section 5)::
     <run_dir>/export/<query>2<target>_retriever/<version>/
         serving_default: features float32[None, d_query] -> keys string[None, k], scores float32[None, k],
                          indices int64[None, k]
+        variables:       gallery_embeddings (d_common, n distinct rows), gallery_keys, gallery_classes (n,),
+                         gallery_rows (n,) when rows repeat, gallery_squared_norms for euclidean
         embed_query:     features float32[None, d_query] -> embedding float32[None, d_common]
         assets.extra/tf_xmr.json                  what it is: directions, distance, k, gallery size, fingerprints
         assets.extra/tf_serving_warmup_requests   one request TF Serving replays at load
@@ -233,7 +235,11 @@ def _retriever_module(query_encoder, target_encoder, query_dim: int, target_dim:
             distinct, rows = np.unique(gallery.embeddings, axis=0, return_inverse=True)
             self._deduplicated = distinct.shape[0] < len(gallery)
             embeddings = distinct if self._deduplicated else gallery.embeddings
-            self.gallery_embeddings = tf.Variable(embeddings, trainable=False, name="gallery_embeddings")
+            # Stored transposed, (d_common, n): the product (b, d) x (d, n) streams the gallery about 1.7x faster
+            # on CPU than (b, d) x (n, d)^T (100k x 200, batch 1: 6.0 against 10.3 ms median, interleaved runs on a
+            # busy 2-core machine, 2026-12-07), and batch-1 latency is memory-bound on reading the gallery.
+            self.gallery_embeddings = tf.Variable(np.ascontiguousarray(embeddings.T), trainable=False,
+                                                  name="gallery_embeddings")
             if self._deduplicated:
                 self.gallery_rows = tf.Variable(rows.reshape(-1).astype(np.int64), trainable=False,
                                                 name="gallery_rows")
@@ -259,7 +265,7 @@ def _retriever_module(query_encoder, target_encoder, query_dim: int, target_dim:
             return self._top_k(self._unit(self.query_encoder(features, training=False)))
 
         def _top_k(self, query):
-            products = tf.matmul(query, self.gallery_embeddings, transpose_b=True)
+            products = tf.matmul(query, self.gallery_embeddings)
             if distance == "euclidean":
                 # The evaluator's squared distance ||q||^2 + ||g||^2 - 2<q, g>, clipped at 0, negated so that top k
                 # ranks it ascending (ranking the square, so sqrt never merges two distinct distances).
@@ -295,7 +301,7 @@ def load_gallery(version_dir: str) -> Gallery:
 
     try:
         loaded = tf.saved_model.load(version_dir)
-        embeddings = loaded.gallery_embeddings.numpy()
+        embeddings = loaded.gallery_embeddings.numpy().T  # stored (d_common, n)
         if hasattr(loaded, "gallery_rows"):  # a gallery with duplicate rows stores each distinct row once
             embeddings = embeddings[loaded.gallery_rows.numpy()]
         return Gallery(embeddings,
