@@ -210,3 +210,18 @@ def test_joint_method_on_unpaired_data_says_use_sdml(tmp_path):
     with pytest.raises(ConfigError, match=r"acmr.*unpaired.*use method sdml"):
         train(config)
     assert not run_dir.exists()
+    # Paired records without a validation split: records cannot have one carved out of train, so training refuses.
+    from tf_xmr.errors import DataError
+
+    def paired(n):
+        return Split(features={"image": rng.random((n, 6)).astype(np.float32),
+                               "text": rng.random((n, 4)).astype(np.float32)},
+                     labels={"image": np.arange(n) % 2, "text": np.arange(n) % 2}, paired=True)
+
+    no_val = write_records(FeatureSet(name="no-val", modalities=("image", "text"), class_names=("a", "b"),
+                                      splits={"train": paired(40), "test": paired(12)}),
+                           str(tmp_path / "no-val"), num_shards=1)
+    config = _config(str(run_dir), extra=["data.source=records", f"data.root={no_val}"])
+    with pytest.raises(DataError, match=r"has no val split \(it has train, test\); training selects on val"):
+        train(config)
+    assert not run_dir.exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tf_xmr.errors import ConfigError, DataError
+from tf_xmr.errors import ConfigError
 
 WIKIPEDIA_ENV = "TF_XMR_WIKIPEDIA"
 
@@ -108,13 +108,5 @@ def _load_features(data_config, seed: int):
 
         if not data_config.root:
             raise ConfigError("data.source is 'records' but data.root (the records folder) is not set")
-        feature_set = load_records(data_config.root)
-        # Records are streamed, so no validation split can be carved out of train here (data.val_fraction applies
-        # to in-memory sources): the records must hold one.
-        missing = [name for name in ("train", "val", "test") if name not in feature_set.splits]
-        if missing:
-            raise DataError(f"records {data_config.root} have no {' or '.join(missing)} split (they have "
-                            f"{', '.join(feature_set.splits)}); training selects on val and scores test: write the "
-                            "records with all three (python -m tf_xmr.data convert carves val from train)")
-        return feature_set
+        return load_records(data_config.root)
     raise ConfigError(f"unknown data.source {source!r}")

@@ -229,7 +229,8 @@ def export_encoder(encoder: keras.Model, model_dir: str, *, input_dim: int, l2_n
     """
     model_name = os.path.basename(os.path.normpath(model_dir))
     module = EncoderModule(encoder, input_dim, l2_normalize, raw_input)
-    d_common = int(encoder.output_shape[-1])
+    # From one call, not encoder.output_shape: subclassed encoders (DA-GAN's) have no static output shape.
+    d_common = int(encoder(np.zeros((1, input_dim), np.float32), training=False).shape[-1])
     metadata = {
         "kind": "encoder",
         "modality": modality or model_name.removesuffix("_encoder"),

@@ -24,7 +24,7 @@ import os
 from tf_xmr import modeling, scoring
 from tf_xmr import run_dir as layout
 from tf_xmr.config import dump_yaml
-from tf_xmr.errors import ConfigError
+from tf_xmr.errors import ConfigError, DataError
 from tf_xmr.files import write_json
 
 log = logging.getLogger("tf_xmr.training")
@@ -77,6 +77,7 @@ def train(config, *, config_path: str | None = None) -> RunResult:
     # 1. Everything that can fail on bad input, before anything is written.
     config, feature_set = modeling.prepare_data(config)
     _check_pairing(config, feature_set)
+    _check_splits(config, feature_set)
     spec = modeling.data_spec(config, feature_set)
     config, run_dir, resuming, auto_named = stage.prepare(config, config_path, feature_set, spec)
 
@@ -91,6 +92,16 @@ def train(config, *, config_path: str | None = None) -> RunResult:
     with layout.RunDirLock(run_dir):
         _check_unchanged(stage, config, run_dir, resuming, auto_named)
         return _run(stage, config, feature_set, run_dir, resuming)
+
+
+def _check_splits(config, feature_set) -> None:
+    """Training selects its checkpoint on val and scores test once. In-memory sources carve val out of train
+    (data.val_fraction); streamed records cannot, so they must hold all three."""
+    missing = [name for name in ("train", "val", "test") if name not in feature_set.splits]
+    if missing:
+        raise DataError(f"the {config.data.source} data {config.data.root or ''} has no {' or '.join(missing)} split "
+                        f"(it has {', '.join(feature_set.splits)}); training selects on val and scores test: write "
+                        "the records with all three (python -m tf_xmr.data convert carves val from train)")
 
 
 def _check_pairing(config, feature_set) -> None:
