@@ -1,9 +1,10 @@
 """Approximate top-k over a large retrieval gallery (faiss HNSW or IVF-Flat), behind the exact retriever's API.
 
 The exact retriever scores every gallery item: for 1M items x d=200 a single query took 91 ms (p50, numpy brute
-force on 2 shared cores, benchmarks/ann.py). :class:`ApproximateIndex` answers the same question approximately: the same scores for the items it
-returns (full-precision vectors are kept, so a returned score is the exact score of that item), but it may miss some
-of the true top k. ``benchmarks/ann.py`` measures by how much (recall@10 against brute force) and how fast.
+force on 2 shared cores, benchmarks/ann.py). :class:`ApproximateIndex` answers the same question approximately:
+the same scores for the items it returns (full-precision vectors are kept, so a returned score is the exact score
+of that item), but it may miss some of the true top k. ``benchmarks/ann.py`` measures by how much (recall@10
+against brute force) and how fast.
 
 faiss-cpu is an optional extra (``pip install -r requirements-extra.txt``): it is imported only when an index is
 built or loaded, and a missing faiss is a one-line :class:`~tf_xmr.errors.ModelInputError`.
