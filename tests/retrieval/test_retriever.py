@@ -347,3 +347,27 @@ def test_every_direction_of_an_sdml_run_with_three_unpaired_modalities(tmp_path)
                                                       abs=map_tolerance(differences, len(indices)))
     with pytest.raises(ConfigError, match="say which one queries with --query"):
         build_retriever(run_dir, target="audio")
+
+
+def test_an_approximate_backend_behind_the_same_api(run_dir, test_split, tmp_path):
+    """build --backend faiss-hnsw stores the index beside the exact graph; Retriever.load uses it (exact=True does
+    not), answers in the same score convention, and --append adds the new rows to it."""
+    pytest.importorskip("faiss")
+    split, _ = test_split
+    path = build_retriever(run_dir, target="image", k=10, backend="faiss-hnsw")
+    approximate, exact = Retriever.load(path), Retriever.load(path, exact=True)
+    assert approximate.backend == "faiss-hnsw" and exact.backend == "exact"
+    assert os.path.isdir(os.path.join(path, "assets.extra", "ann"))
+    queries = split.features["text"]
+    (a_keys, a_scores), (e_keys, e_scores) = approximate.search(queries), exact.search(queries)
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(a_keys, e_keys, strict=True)])
+    assert recall >= 0.95, recall  # 90 items: HNSW at efSearch 96 visits them all (measured 1.0)
+    np.testing.assert_allclose(a_scores, e_scores, atol=1e-5)
+    assert approximate.search(queries[:2], k=20)[0].shape == (2, 20)  # the index answers any k
+    new = np.random.default_rng(1).normal(size=(2, split.features["image"].shape[1])).astype(np.float32)
+    np.savez(tmp_path / "new.npz", image=new)
+    (tmp_path / "new.txt").write_text("ann-a\nann-b\n")
+    grown = Retriever.load(build_retriever(run_dir, target="image", append=str(tmp_path / "new.npz"),
+                                           keys=str(tmp_path / "new.txt"), backend="faiss-hnsw"))
+    assert grown.backend == "faiss-hnsw" and grown.size == approximate.size + 2
+    np.testing.assert_array_equal(grown.search(queries)[0], Retriever.load(grown.path, exact=True).search(queries)[0])
