@@ -319,7 +319,7 @@ def test_every_direction_of_an_sdml_run_with_three_unpaired_modalities(tmp_path)
     from tf_xmr.training.pipeline import train
 
     run_dir = str(tmp_path / "sdml")
-    sets = [f"run_dir={run_dir}", "train.epochs=2", "train.verbose=0", "train.batch_size=20",
+    sets = [f"run_dir={run_dir}", "train.epochs=1", "train.verbose=0", "train.batch_size=20",
             "train.jit_compile=false", "data.synthetic.dims={image: 24, text: 20, audio: 8}",
             "data.synthetic.modality_fractions={audio: 0.3}", "data.synthetic.num_train=300",
             "data.synthetic.num_test=100", "data.synthetic.num_classes=4", "model.encoder_units=[16, 16]",
