@@ -2,7 +2,7 @@
 
 Usage:
     python benchmarks/serving.py [--sizes 2000 100000 1000000] [--calls 500] [--backend faiss-hnsw]
-                                 [--out DIR] [--keep] [--quick]
+                                 [--out DIR] [--keep] [--reuse] [--quick]
 
 Everything runs in this process, through SavedModels loaded from disk, on TensorFlow's default threads:
 
@@ -40,6 +40,8 @@ Size: the version folder's files (bytes, not blocks) against what it must hold: 
 (float32, read from the checkpoint), the gallery embeddings (n x 200 float32) and the keys (their UTF-8 bytes);
 the approximate index is shown apart (``assets.extra/ann``: faiss keeps its own copy of the vectors plus the graph).
 build: seconds of ``build_retriever`` (read the features, embed them, deduplicate, approximate index, save).
+``--keep`` leaves the retriever versions in the run; a later ``--reuse`` run with the same ``--out`` measures them
+again without building (only versions whose approximate index has the backend's current default parameters).
 
 The machine may be shared and has few cores: compare rows of one run, and rerun when a number looks off.
 """
@@ -91,6 +93,36 @@ def _trained(out: str, name: str, overrides, epochs: int) -> str:
     train_run(os.path.join(_repo(), CONFIG), [*overrides, f"train.epochs={epochs}"], seed=0, run_dir=run_dir)
     print(f"  trained {run_dir} in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
     return run_dir
+
+
+def _key(i: int) -> str:
+    return f"item{i:07d}"
+
+
+def _kept_version(run_dir: str, n: int, backend: str) -> str | None:
+    """The newest retriever version of ``run_dir`` over ``n`` gallery items with ``backend`` at its current default
+    parameters, if an earlier ``--keep`` run left one."""
+    import json
+
+    from tf_xmr.export.saved_model import read_metadata, versions
+    from tf_xmr.retrieval import retriever_dir
+    from tf_xmr.retrieval.ann import DEFAULT_PARAMS
+    from tf_xmr.retrieval.index import ANN_FOLDER
+
+    model_dir = retriever_dir(run_dir, "text", "image")
+    for version in reversed(versions(model_dir)):
+        path = os.path.join(model_dir, str(version))
+        metadata = read_metadata(path)
+        if metadata.get("backend") != backend or metadata.get("gallery", {}).get("size") != n:
+            continue
+        if backend != "exact":
+            with open(os.path.join(path, "assets.extra", ANN_FOLDER, "ann.json"), encoding="utf-8") as handle:
+                params = json.load(handle)["params"]
+            if any(value is not None and params.get(name) != value
+                   for name, value in DEFAULT_PARAMS[backend].items()):
+                continue
+        return path
+    return None
 
 
 def _repo() -> str:
@@ -249,6 +281,9 @@ def main(argv=None) -> int:
     parser.add_argument("--backend", default=None, help="approximate backend (default: the library's), or exact")
     parser.add_argument("--out", default=None, help="folder of the two runs (default saved_models/serving-<time>)")
     parser.add_argument("--keep", action="store_true", help="keep the retriever versions (the 1M one is ~2 GB)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure retriever versions kept by an earlier --keep run in --out instead of building "
+                             "them again (same gallery size and backend; the build column then says 'reused')")
     parser.add_argument("--quick", action="store_true", help="2k gallery, 100 calls, 1-epoch runs: a smoke run")
     args = parser.parse_args(argv)
     sizes, calls, epochs = ((2_000,), 100, 1) if args.quick else (tuple(args.sizes), args.calls, EPOCHS)
@@ -293,16 +328,21 @@ def main(argv=None) -> int:
     os.makedirs(work, exist_ok=True)
     latency_rows, size_rows, results = [], [], {}
     for n in sorted(sizes):
-        features, keys = os.path.join(work, "features.npz"), os.path.join(work, "keys.txt")
-        np.savez(features, image=gallery_all[:n])
-        with open(keys, "w", encoding="utf-8") as handle:
-            handle.writelines(f"item{i:07d}\n" for i in range(n))
-        started = time.perf_counter()
-        path = build_retriever(retriever_run, target="image", gallery_features=features, keys=keys, k=K,
-                               backend=backend)
-        build = time.perf_counter() - started
-        os.remove(features)
-        print(f"  {n:,}: built {path} in {build:.0f} s", file=sys.stderr, flush=True)
+        path = _kept_version(retriever_run, n, backend) if args.reuse else None
+        build = None
+        if path is None:
+            features, keys = os.path.join(work, "features.npz"), os.path.join(work, "keys.txt")
+            np.savez(features, image=gallery_all[:n])
+            with open(keys, "w", encoding="utf-8") as handle:
+                handle.writelines(f"{_key(i)}\n" for i in range(n))
+            started = time.perf_counter()
+            path = build_retriever(retriever_run, target="image", gallery_features=features, keys=keys, k=K,
+                                   backend=backend)
+            build = time.perf_counter() - started
+            os.remove(features)
+            os.remove(keys)
+        print(f"  {n:,}: " + (f"built {path} in {build:.0f} s" if build is not None else f"reusing {path}"),
+              file=sys.stderr, flush=True)
 
         rows, exact, embeddings = _exact_rows(path, queries, calls)
         gc.collect()  # the exact graph's copy of the gallery, before the Python API loads its own
@@ -318,18 +358,18 @@ def main(argv=None) -> int:
         variables = _variable_bytes(path)
         encoder_bytes = sum(v for name, v in variables.items() if not name.startswith("gallery_"))
         gallery_bytes = sum(v for name, v in variables.items() if name.startswith("gallery_"))
-        key_bytes = os.path.getsize(keys) - n  # one key per line: the UTF-8 bytes without the newlines
+        key_bytes = sum(len(_key(i).encode("utf-8")) for i in range(n))
         ann = os.path.join(path, "assets.extra", "ann")
         ann_bytes = _folder_bytes(ann) if os.path.isdir(ann) else 0
         disk = _folder_bytes(path) - ann_bytes
         expected = encoder_bytes + gallery_bytes + key_bytes
         size_rows.append((f"{n:,}", _mb(disk), _mb(encoder_bytes), _mb(gallery_bytes), _mb(key_bytes),
-                          f"{disk / expected:.2f}", _mb(ann_bytes) if ann_bytes else "-", f"{build:.0f}"))
-        if not args.keep:
+                          f"{disk / expected:.2f}", _mb(ann_bytes) if ann_bytes else "-",
+                          f"{build:.0f}" if build is not None else "reused"))
+        if not (args.keep or args.reuse):
             shutil.rmtree(path)
         gc.collect()
         print(f"  {n:,} measured", file=sys.stderr, flush=True)
-    os.remove(os.path.join(work, "keys.txt"))
     del gallery_all
 
     print(f"## Text-to-image retrievers (query encoder text 300 -> 500 -> 200, cosine, top {K}; "
@@ -353,7 +393,7 @@ def main(argv=None) -> int:
                         _verdict(recall, TARGET_RECALL, below=False)))
     print("## Targets (2 CPU cores)\n")
     _table(("target", "measured", "verdict"), targets)
-    print(f"runs: {out}" + ("" if args.keep else " (retriever versions removed; --keep keeps them)"))
+    print(f"runs: {out}" + ("" if args.keep or args.reuse else " (retriever versions removed; --keep keeps them)"))
     return 0
 
 
