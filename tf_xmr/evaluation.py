@@ -21,11 +21,14 @@ def run_encoders(run_dir: str, config, feature_set, source: str = "auto", distan
     Returns:
         ``(encoders, description of where they came from)``.
     """
-    from tf_xmr.export import encoder_dir, load_exported, versions
+    from tf_xmr.export import encoder_dir, load_exported, read_metadata, versions
 
-    have_exports = all(versions(encoder_dir(run_dir, m)) for m in feature_set.modalities)
+    found = {m: versions(encoder_dir(run_dir, m)) for m in feature_set.modalities}
+    have_exports = all(found.values())
     if source == "auto" and have_exports and distance != "cosine":
-        if any(load_exported(run_dir, m).metadata.get("normalized") for m in feature_set.modalities):
+        # The exports' own record says whether they are unit vectors (a file read; no SavedModel is loaded twice).
+        latest = {m: os.path.join(encoder_dir(run_dir, m), str(v[-1])) for m, v in found.items()}
+        if any(read_metadata(path).get("normalized") for path in latest.values()):
             have_exports = False
     if source == "export" or (source == "auto" and have_exports):
         encoders = {m: load_exported(run_dir, m) for m in feature_set.modalities}

@@ -447,11 +447,10 @@ def write_warmup_file(version_dir: str, model_name: str, requests: list[tuple[st
     with a raw-input signature beside ``serving_default`` warms both)."""
     logs = []
     for signature_name, inputs in requests:
-        logs.extend(warmup_requests(model_name, inputs, signature_name))
+        added = warmup_requests(model_name, inputs, signature_name)
+        logs.extend(added)
         specs = _saved_model_input_specs(version_dir, signature_name)
-        if specs is None:
-            continue
-        for log in logs[-1:]:
+        for log in added if specs is not None else ():
             given = {name: (tf.as_dtype(proto.dtype), tuple(d.size for d in proto.tensor_shape.dim))
                      for name, proto in log.predict_log.request.inputs.items()}
             try:

@@ -158,8 +158,10 @@ def _modalities(manifest: Manifest, config) -> tuple[str, ...]:
     configured = {m for m in MODALITIES if getattr(config, m) is not None}
     if not configured:
         raise ConfigError("the featurize config sets neither image nor text; nothing to featurize")
-    for m in sorted(configured - present):
-        raise DataError(f"the featurize config has a {m} featurizer but no row of {manifest.path} has a {m}")
+    absent = sorted(configured - present)
+    if absent:
+        raise DataError(f"the featurize config has a {absent[0]} featurizer but no row of {manifest.path} has a "
+                        f"{absent[0]}")
     chosen = tuple(m for m in MODALITIES if m in configured and m in present)
     if len(chosen) < 2:
         # One modality cannot be retrieved across; say why rather than writing a set no method trains on.
@@ -281,8 +283,7 @@ class Featurizers:
         """Image files -> features float32 (n, d_image), exactly as the dataset's images were featurized."""
         if self.image_featurizer is None:
             raise DataError(f"{self.root} was featurized without images")
-        rows, bad = self.image_featurizer.features_from_paths([os.fspath(p) for p in paths], on_error="raise")
-        return rows
+        return self.image_featurizer.features_from_paths([os.fspath(p) for p in paths], on_error="raise")[0]
 
     def image_bytes(self, encoded) -> np.ndarray:
         """Encoded image files (bytes) -> features float32 (n, d_image)."""

@@ -423,8 +423,9 @@ def build_retriever(run_dir: str, *, target: str, query: str | None = None, gall
         from tf_xmr.retrieval.ann import ApproximateIndex
 
         stored_ann = os.path.join(previous, "assets.extra", ANN_FOLDER) if previous else None
-        if stored_ann and os.path.isdir(stored_ann) and ApproximateIndex.load(stored_ann).backend == backend:
-            index = ApproximateIndex.load(stored_ann)
+        stored = ApproximateIndex.load(stored_ann) if stored_ann and os.path.isdir(stored_ann) else None
+        if stored is not None and stored.backend == backend:
+            index = stored  # read once (a 1M-item index is 1 GB)
             index.add(added.embeddings)  # new rows take the next indices, as in the exact gallery
         else:
             index = ApproximateIndex.build(full.embeddings, distance=distance, backend=backend, seed=config.seed)
