@@ -116,14 +116,19 @@ def score_test(encoders, feature_set, config, unseen) -> dict:
     """Everything a run reports on the test split, scored once with the chosen checkpoint's encoders.
 
     Returns:
-        ``{"test": detailed scores, "presets": {name: scores}}`` plus ``"zero_shot"`` for a zero-shot run
-        (validation used seen classes only; the test split is whole and is also scored under the three zero-shot
-        protocols).
+        ``{"test": detailed scores, "presets": {name: scores}, "embeddings": (embeddings, labels)}`` plus
+        ``"zero_shot"`` for a zero-shot run (validation used seen classes only; the test split is whole and is also
+        scored under the three zero-shot protocols). The split is embedded once; every protocol scores the same
+        embeddings.
     """
+    from tf_xmr.metrics.evaluator import score_embeddings
+
+    embeddings, labels = embed_config_split(encoders, feature_set, "test", config)
     out = {
-        "test": score_split(encoders, feature_set, "test", config, detailed=True),
-        "presets": {name: score_split(encoders, feature_set, "test", config, preset=name)
+        "test": score_embeddings(embeddings, labels, protocol(config), feature_set.modalities, detailed=True),
+        "presets": {name: score_embeddings(embeddings, labels, protocol(config, name), feature_set.modalities)
                     for name in config.eval.extra_presets},
+        "embeddings": (embeddings, labels),
     }
     if unseen:
         out["zero_shot"] = zero_shot_scores(encoders, feature_set, "test", config, unseen)

@@ -18,7 +18,8 @@ def main(argv=None, prog: str | None = None) -> int:
     parser.add_argument("--run-dir", required=True, help="a run directory written by train.py")
     add_override_argument(parser)
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--preset", choices=("default", "acmr_demo"), help="a named protocol instead of eval.*")
+    parser.add_argument("--preset", choices=("default", "acmr_demo", "map50_cosine"),
+                        help="a named protocol instead of eval.*")
     parser.add_argument("--source", default="auto", choices=("auto", "export", "checkpoint"),
                         help="score the exported SavedModels or the best checkpoint (auto: exports if present)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -224,8 +224,17 @@ class EvalConfig:
     # AP denominator: all relevant items in the database, or the relevant items retrieved in the top k.
     normalization: Literal["all_relevant", "retrieved"] = "all_relevant"
     # Named protocols also scored on the test split and reported in metrics.json under "presets"
-    # (acmr_demo = the ACMR authors' demo code: euclidean, k=50, normalised by hits in the top 50).
-    extra_presets: tuple[Literal["default", "acmr_demo"], ...] = ("acmr_demo",)
+    # (acmr_demo = the ACMR authors' demo code: euclidean, k=50, normalised by hits in the top 50; map50_cosine = the
+    # same mAP@50 ranked by cosine, the convention of DA-GAN's tables as DSCMR's evaluation code computes them).
+    extra_presets: tuple[Literal["default", "acmr_demo", "map50_cosine"], ...] = ("acmr_demo",)
+    # Report only (benchmarks/report.py): also score val and test after every epoch into epoch_trace.json, to show
+    # what choosing the checkpoint on the test split would claim. Selection never reads it; off for normal runs
+    # because it embeds the test split every epoch.
+    epoch_trace: bool = False
+    # Write the chosen checkpoint's test embeddings with class metadata for TensorBoard's Embedding Projector
+    # (logs/, see tf_xmr/training/projector.py); a seeded sample when the split has more than projector_max_items.
+    projector: bool = True
+    projector_max_items: int = cfg_field(10000, ge=1)
 
 
 @dataclasses.dataclass(frozen=True)

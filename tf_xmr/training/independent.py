@@ -107,6 +107,20 @@ def train_modality(config, feature_set, spec, state, modality: str, out_dir: str
         validation,
         cb.TensorBoard(log_dir=os.path.join(out_dir, "logs"), write_graph=False, update_freq="epoch"),
     ]
+    if config.eval.epoch_trace:
+        # Report only: this network's val/test embeddings per epoch, scored with the other networks' once all have
+        # finished (IndependentFit.fit, tf_xmr.training.trace).
+        from tf_xmr.training.trace import STASH_DIR, EmbeddingStash
+
+        encoder = modeling.encoder_functions({modality: net.encoder})
+
+        def embed(split):
+            embeddings, labels = scoring.embed_config_split(encoder, feature_set, split, config)
+            return embeddings[modality], labels[modality]
+
+        stash = EmbeddingStash(embed, os.path.join(out_dir, STASH_DIR))
+        stash.skip = lambda: nan_guard.failure is not None
+        callbacks.insert(callbacks.index(validation) + 1, stash)
     callbacks.extend(extra_callbacks)
     backup_dir = os.path.join(checkpoint_dir, "backup")
     optimizers = {modality: optimizer}
@@ -373,6 +387,11 @@ class IndependentFit:
         done = tuple(m for m in self.to_train if os.path.isdir(modality_dir(run_dir, m))) if resuming else ()
         self.training = _train_modalities(config, self.feature_set, self.spec, self.state,
                                           tuple(m for m in self.to_train if m not in done), run_dir)
+        if config.eval.epoch_trace:
+            from tf_xmr.training.trace import STASH_DIR, TRACE_FILE, combine_stashes
+
+            combine_stashes({m: os.path.join(modality_dir(run_dir, m), STASH_DIR) for m in self.scored},
+                            self.scored, scoring.protocol(config), os.path.join(run_dir, TRACE_FILE))
 
     def select(self, config, run_dir: str):
         """Load every scored network's chosen checkpoint; validation mAP over every ordered pair.

@@ -172,6 +172,15 @@ class JointFit:
                 step=state["step"] if state else 0, skip=lambda: nan_guard.failure is not None))
 
         first_epoch = state["epoch"] if state else 0
+        if config.eval.epoch_trace and dist.is_chief:
+            # Report only; after validation, whose epoch logs it reads (see tf_xmr.training.trace).
+            from tf_xmr.training.trace import TRACE_FILE, EpochTrace
+
+            trace = EpochTrace(lambda split: scoring.score_split(self.encoders, feature_set, split, config),
+                               os.path.join(run_dir, TRACE_FILE), scoring.protocol(config).describe(),
+                               first_epoch=first_epoch)
+            trace.skip = lambda: nan_guard.failure is not None
+            callbacks.insert(callbacks.index(validation) + 1, trace)
         if first_epoch < config.train.epochs and not (state and state["stop_training"]):
             train_ds = training_stream(model, config, feature_set, first_epoch=first_epoch,
                                        epochs=config.train.epochs, steps_per_epoch=steps)

@@ -153,7 +153,21 @@ def _run(stage, config, feature_set, run_dir: str, resuming: bool) -> RunResult:
         # On a resume, versions written by the interrupted attempt of this same unfinished run (metrics.json was
         # never written, so nothing served them) are dropped: the finished run has version 1, as an uninterrupted one.
         exports = export_run_encoders(run_dir, config, feature_set.dims, stage.export_encoders(), replace=resuming)
+    if config.eval.projector:
+        _write_projector(config, scored_set, run_dir, *test["embeddings"])
     stage.finish(config, run_dir)
     write_json(os.path.join(run_dir, layout.METRICS_FILE), metrics)
     stage.cleanup(config, run_dir)
     return RunResult(run_dir=run_dir, metrics=metrics, exports=exports)
+
+
+def _write_projector(config, feature_set, run_dir: str, embeddings: dict, labels: dict) -> None:
+    """The test embeddings of the chosen checkpoint for TensorBoard's Embedding Projector (``logs/``); unit vectors
+    for a cosine run, so the projector's neighbours are the ranking's."""
+    from tf_xmr.training.projector import write_projector
+
+    test = feature_set.splits["test"]
+    write_projector(os.path.join(run_dir, "logs"), embeddings, labels, class_names=feature_set.class_names,
+                    keys={m: [str(k) for k in test.keys(m, "test")] for m in embeddings},
+                    max_items=config.eval.projector_max_items, seed=config.seed,
+                    normalize=config.eval.distance == "cosine")
