@@ -268,8 +268,9 @@ def cca_reference(feature_set, *, protocol=None, regs: Iterable[float] = (1e-4, 
         dim: canonical dimensions k; None for ``min(d_x, d_y)``.
 
     Returns:
-        ``{"val": scores, "test": scores, "reg": chosen reg, "dim": k, "val_by_reg": {reg: val map_avg}}``, scores as
-        returned by ``score_embeddings`` for the two modalities.
+        ``{"val": scores, "test": scores, "reg": chosen reg, "dim": k, "val_by_reg": {reg: val map_avg},
+        "test_embeddings": (modality -> projected test rows, modality -> multi-hot labels)}``, scores as returned by
+        ``score_embeddings`` for the two modalities (the embeddings are for curves and pictures).
 
     Raises:
         ValueError: fewer than two modalities, an unpaired or missing split, or an empty/invalid ``regs``.
@@ -282,10 +283,13 @@ def cca_reference(feature_set, *, protocol=None, regs: Iterable[float] = (1e-4, 
     pair = (first, second)
     train = _split(feature_set, "train")
 
-    def score(model: LinearCCA, name: str) -> dict:
+    def embed(model: LinearCCA, name: str) -> tuple[dict, dict]:
         split = _split(feature_set, name)
         px, py = model.transform(split.features[first], split.features[second])
-        return score_embeddings({first: px, second: py}, _labels(feature_set, split, pair), protocol, pair)
+        return {first: px, second: py}, _labels(feature_set, split, pair)
+
+    def score(model: LinearCCA, name: str) -> dict:
+        return score_embeddings(*embed(model, name), protocol, pair)
 
     val_by_reg, best = {}, None
     for reg in regs:
@@ -295,12 +299,14 @@ def cca_reference(feature_set, *, protocol=None, regs: Iterable[float] = (1e-4, 
         if best is None or val_scores["map_avg"] > best[1]["map_avg"]:
             best = (model, val_scores)
     model, val_scores = best
+    test_embeddings = embed(model, "test")
     return {
         "val": val_scores,
-        "test": score(model, "test"),
+        "test": score_embeddings(*test_embeddings, protocol, pair),
         "reg": model.reg,
         "dim": int(model.correlations_.shape[0]),
         "val_by_reg": val_by_reg,
+        "test_embeddings": test_embeddings,
     }
 
 
@@ -328,7 +334,8 @@ def mlp_reference(feature_set, *, seed: int = 0, hidden: int = 256, dropout: flo
         protocol: a RetrievalProtocol, a preset name, or None for ``PRESETS["default"]``.
 
     Returns:
-        ``{"val": scores, "test": scores, "epochs": {modality: epoch picked on val}}``.
+        ``{"val": scores, "test": scores, "epochs": {modality: epoch picked on val}, "test_embeddings":
+        (modality -> test posteriors, modality -> multi-hot labels)}``.
     """
     protocol = _protocol(protocol)
     modalities = feature_set.modalities
@@ -350,4 +357,5 @@ def mlp_reference(feature_set, *, seed: int = 0, hidden: int = 256, dropout: flo
         "val": score_embeddings(posteriors["val"], labels["val"], protocol, modalities),
         "test": score_embeddings(posteriors["test"], labels["test"], protocol, modalities),
         "epochs": picked,
+        "test_embeddings": (posteriors["test"], labels["test"]),
     }
