@@ -62,10 +62,14 @@ def test_sdml_trace_pairs_the_networks_epochs_and_removes_its_stashes(tmp_path):
         assert "trace/" not in handle.read()
 
 
-def test_sdml_trace_covers_every_epoch(tmp_path):
+def test_sdml_trace_covers_every_epoch_and_changes_nothing(tmp_path):
     run_dir = str(tmp_path / "sdml")
-    train(load_experiment("configs/sdml.yaml", [f"run_dir={run_dir}", "train.epochs=3", "eval.epoch_trace=true",
-                                                *SDML_TINY]))
+    traced = train(load_experiment("configs/sdml.yaml", [f"run_dir={run_dir}", "train.epochs=3",
+                                                         "eval.epoch_trace=true", *SDML_TINY]))
+    plain = train(load_experiment("configs/sdml.yaml", [f"run_dir={tmp_path / 'plain'}", "train.epochs=3",
+                                                        *SDML_TINY]))
+    # Embedding val and test after every epoch leaves each network's training and selection as they were.
+    assert traced.metrics["val"] == plain.metrics["val"] and traced.metrics["test"] == plain.metrics["test"]
     trace = read_trace(run_dir)
     assert [e["epoch"] for e in trace["epochs"]] == [1, 2, 3]
     assert set(trace["epochs"][0]["test"]) == {"map_i2t", "map_t2i", "map_avg"}
