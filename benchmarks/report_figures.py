@@ -220,12 +220,20 @@ def _check_trace(name: str, trace) -> dict:
         return float(test[hits[0]])
 
     chosen = trace["chosen_epoch"]
+    if chosen is None:
+        # The reported checkpoint is not one epoch of this curve (SDML: each network at its own epoch); its test
+        # value comes with the trace.
+        if trace.get("honest_test") is None or not np.isfinite(float(trace["honest_test"])):
+            raise ValueError(f"traces[{name!r}] has chosen_epoch None but no finite honest_test")
+        chosen_test = float(trace["honest_test"])
+    else:
+        chosen_test = test_at("chosen_epoch", chosen)
     # Default best-on-test: the first epoch of highest test mAP (nanargmax skips unmeasured epochs).
     best = trace.get("best_test_epoch")
     if best is None:
         best = epochs[int(np.nanargmax(test))]
     return {"epochs": epochs, "val": val, "test": test, "chosen": chosen,
-            "chosen_test": test_at("chosen_epoch", chosen), "best": best,
+            "chosen_test": chosen_test, "best": best,
             "best_test": test_at("best_test_epoch", best), "note": trace.get("note")}
 
 
@@ -240,7 +248,9 @@ def epoch_figure(traces: Mapping[str, Mapping], path, *, title: str | None = Non
 
     Args:
         traces: Maps a method name to ``{"epochs": [...], "val": [...], "test": [...], "chosen_epoch": int,
-            "best_test_epoch": int, "note": str}``. ``val``/``test`` are aligned with ``epochs``; an entry may be
+            "best_test_epoch": int, "note": str}``; ``chosen_epoch`` None with ``"honest_test": float`` when the
+            reported checkpoint is no single epoch of the curve (SDML's networks each at their own epoch): a dashed
+            horizontal line then marks that honest value. ``val``/``test`` are aligned with ``epochs``; an entry may be
             None for an epoch that was not measured (validation every n epochs) and is skipped. ``best_test_epoch``
             defaults to the first epoch of highest test mAP. ``note`` (optional) is shown under the panel title,
             e.g. for a method selected on validation loss rather than validation mAP (SDML).
@@ -273,11 +283,16 @@ def epoch_figure(traces: Mapping[str, Mapping], path, *, title: str | None = Non
                 markersize=2.5, linewidth=1.4, label="val mAP avg")
         has_test = ~np.isnan(t["test"])
         ax.plot(t["epochs"][has_test], t["test"][has_test], color="tab:orange", linewidth=1.4, label="test mAP avg")
-        ax.axvline(t["chosen"], color="black", linestyle="-", linewidth=1.1, label="chosen on val")
-        ax.plot([t["chosen"]], [t["chosen_test"]], "o", color="black", markersize=4)
-        # The values go in a corner box rather than beside the points: the two epochs are often a few apart, where
-        # labels next to the points would collide with each other and with the curves.
-        lines = [f"test at chosen (ep {t['chosen']:g}): {t['chosen_test']:.3f}"]
+        if t["chosen"] is None:
+            ax.axhline(t["chosen_test"], color="black", linestyle="--", linewidth=1.1,
+                       label="honest test (no single epoch)")
+            lines = [f"honest test: {t['chosen_test']:.3f}"]
+        else:
+            ax.axvline(t["chosen"], color="black", linestyle="-", linewidth=1.1, label="chosen on val")
+            ax.plot([t["chosen"]], [t["chosen_test"]], "o", color="black", markersize=4)
+            # The values go in a corner box rather than beside the points: the two epochs are often a few apart,
+            # where labels next to the points would collide with each other and with the curves.
+            lines = [f"test at chosen (ep {t['chosen']:g}): {t['chosen_test']:.3f}"]
         if t["best"] != t["chosen"]:
             ax.axvline(t["best"], color="tab:red", linestyle=":", linewidth=1.4, label="best on test (not used)")
             ax.plot([t["best"]], [t["best_test"]], "o", color="tab:red", markersize=4)

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 
 import numpy as np
@@ -194,6 +195,9 @@ COVERED = {
     "--set data.root=../shared/data/wikipedia": "test_wikipedia_result_commands",
     "python benchmarks/synthetic_baseline.py --wikipedia ../shared/data/wikipedia": "test_wikipedia_result_commands",
     "python benchmarks/synthetic_baseline.py": "test_benchmark_commands",
+    "python benchmarks/report.py --data-root ../shared/data/wikipedia --seeds 0 1 2 --readme README.md":
+        "test_report_commands",
+    "python benchmarks/report.py --data synthetic --seeds 0 1 2 --readme README.md": "test_report_commands",
     "python train.py --config configs/x_gacmn.yaml": "test_x_gacmn_headline_command",
     "python train.py --config configs/wikipedia/x_gacmn.yaml --set data.root=../shared/data/wikipedia":
         "test_method_wikipedia_commands",
@@ -502,6 +506,27 @@ def test_tensorboard_command_serves_the_run(main_run):
             except OSError:
                 time.sleep(1)
         assert any(r.startswith(run_name) for r in runs), runs
+        # The Projector tab lists the run's test embeddings (its logs/test run) and serves them: one row per test
+        # item of both modalities. The plugin activates in a background thread; the generous deadline only keeps a
+        # broken plugin from hanging CI.
+        projector_run, listed, deadline = f"{run_name}/logs/test", [], time.monotonic() + 600
+        while projector_run not in listed:
+            assert process.poll() is None and time.monotonic() < deadline, listed
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/projector/runs", timeout=10) as r:
+                    listed = json.loads(r.read())
+            except OSError:
+                pass
+            if projector_run not in listed:
+                time.sleep(1)
+        query = urllib.parse.urlencode({"run": projector_run, "name": "test embeddings"})
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/projector/metadata?{query}",
+                                    timeout=60) as response:
+            rows = response.read().decode().splitlines()
+        with open(os.path.join(ROOT, main_run[0], "data.json"), encoding="utf-8") as handle:
+            data = json.load(handle)
+        assert rows[0].split("\t") == ["modality", "class", "key"]
+        assert len(rows) - 1 == sum(data["splits"]["test"]["counts"].values())
     finally:
         process.terminate()
         process.wait()
@@ -605,6 +630,101 @@ def test_wikipedia_result_commands(tmp_path):
     result = _run_readme(baseline + " --epochs 5", {"../shared/data/wikipedia": root})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "i2t" in result.stdout
+
+
+def _report_table_rows(text: str) -> dict:
+    """method -> cells of a results report's main table (docs/results/<dataset>.md, "## Every method")."""
+    table = text.split("## Every method", 1)[1].split("\n\n", 2)[1]
+    return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")]
+                                              for line in table.splitlines()[2:])}
+
+
+def _readme_block(text: str, dataset: str) -> str:
+    return text.split(f"<!-- report:{dataset} -->\n", 1)[1].split(f"\n<!-- /report:{dataset} -->", 1)[0]
+
+
+def _mean_of_cell(cell: str) -> float:
+    return float(cell.replace("*", "").split(" ± ")[0])
+
+
+# The synthetic report shortened: one jointly trained method and SDML (independent networks), two seeds (a std), two
+# epochs on 240 items of 48/24-d.
+_SHORT_REPORT = ["--methods", "acmr", "sdml", "--seeds", "0", "1", "--set", "train.epochs=2", "--set",
+                 "train.batch_size=32", "--set", "data.synthetic.dims={image: 48, text: 24}", "--set",
+                 "data.synthetic.num_train=240", "--set", "data.synthetic.num_test=90", "--set",
+                 "data.synthetic.num_classes=4"]
+
+
+@pytest.mark.slow
+def test_report_commands(tmp_path, capsys, monkeypatch):
+    """The results report: the synthetic command (in this process, shortened) with what its tables must say and
+    --reuse; the Wikipedia command (fresh process, ACMR only, one seed, one epoch)."""
+    from benchmarks import report
+
+    wikipedia, synthetic = [c for c, t in COVERED.items() if t == "test_report_commands"]
+    monkeypatch.chdir(ROOT)
+    readme = tmp_path / "README.md"
+    shutil.copy(os.path.join(ROOT, "README.md"), readme)
+    argv = shlex.split(synthetic)
+    assert argv[:2] == ["python", "benchmarks/report.py"]
+    where = ["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"), "--readme", str(readme)]
+    assert report.main([*argv[2:], *_SHORT_REPORT, *where]) == 0
+    text = (tmp_path / "docs" / "synthetic.md").read_text()
+    rows = _report_table_rows(text)
+    assert set(rows) == {"ACMR", "SDML", "random (reference)", "CCA (reference)", "MLP (reference)"}
+    for method, name in (("acmr", "ACMR"), ("sdml", "SDML")):
+        runs = [tmp_path / "runs" / method / f"seed{seed}" for seed in (0, 1)]
+        honest = [json.loads((r / "metrics.json").read_text())["test"]["map_avg"] for r in runs]
+        traces = [json.loads((r / "epoch_trace.json").read_text()) for r in runs]
+        selected = [max(e["test"]["map_avg"] for e in t["epochs"]) for t in traces]
+        # The honest cell is the mean of the runs' metrics.json; best-on-test the mean of their traces' maxima.
+        assert _mean_of_cell(rows[name][2]) == pytest.approx(np.mean(honest), abs=5e-4)
+        assert _mean_of_cell(rows[name][3]) == pytest.approx(np.mean(selected), abs=5e-4)
+        if method == "acmr":  # the chosen epoch is a traced epoch: choosing on test can only claim as much or more
+            assert all(s >= h - 1e-9 for s, h in zip(selected, honest, strict=True))
+    assert "No published numbers exist for this dataset." in text and "## Runtime" in text
+    figures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", text)
+    assert {"curves_i2t", "curves_t2i", "epochs", "space", "methods"} == {
+        os.path.splitext(os.path.basename(f))[0] for f in figures}
+    for figure in figures:
+        assert (tmp_path / "docs" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", figure
+    # --readme rewrote exactly the synthetic block, with the report's table.
+    rewritten = readme.read_text()
+    assert _readme_block(rewritten, "synthetic") in text
+    assert rewritten.replace(_readme_block(rewritten, "synthetic"), "") == \
+        _readme_text().replace(_readme_block(_readme_text(), "synthetic"), "")
+
+    # --reuse reads the finished runs (nothing retrained, the same table); without it they are never overwritten;
+    # a run trained with another config is refused.
+    stamp = (tmp_path / "runs" / "acmr" / "seed0" / "metrics.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert report.main([*argv[2:], *_SHORT_REPORT, *where, "--reuse"]) == 0
+    assert "reusing" in capsys.readouterr().out
+    assert (tmp_path / "runs" / "acmr" / "seed0" / "metrics.json").stat().st_mtime_ns == stamp
+    assert _report_table_rows((tmp_path / "docs" / "synthetic.md").read_text()) == rows
+    assert report.main([*argv[2:], *_SHORT_REPORT, *where]) == 2
+    assert "pass --reuse" in capsys.readouterr().err
+    assert report.main([*argv[2:], *_SHORT_REPORT, *where, "--reuse", "--set", "train.epochs=3"]) == 2
+    assert "train.epochs" in capsys.readouterr().err
+
+    root = wikipedia_root_or_skip()
+    result = _run_readme(wikipedia + f" --methods acmr --seeds 0 --set train.epochs=1 --out {tmp_path / 'wiki'} "
+                         f"--docs {tmp_path / 'docs'} --readme {readme}", {"../shared/data/wikipedia": root})
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = (tmp_path / "docs" / "wikipedia.md").read_text()
+    assert "| ACMR |" in text and "0.322" in text  # the published number beside the run under its convention
+    assert _readme_block(readme.read_text(), "wikipedia") in text
+
+
+def test_readme_results_tables_are_the_reports():
+    """The README's results tables are the committed reports' tables, and the README's figure is there."""
+    for dataset in ("wikipedia", "synthetic"):
+        with open(os.path.join(DOCS, "results", f"{dataset}.md"), encoding="utf-8") as handle:
+            report_text = handle.read()
+        block = _readme_block(_readme_text(), dataset)
+        assert block.startswith("| method |") and block in report_text, dataset
+    figures = re.findall(r"!\[[^]]*\]\((docs/results/[^)]+)\)", _readme_text())
+    assert figures and all(os.path.exists(os.path.join(ROOT, f)) for f in figures)
 
 
 @pytest.mark.e2e
@@ -973,6 +1093,6 @@ def test_every_readme_command_is_exercised():
         assert callable(globals().get(test)), test
     # docs/ keeps results and narratives; its commands would go untested, so they live in the README.
     for folder, _, files in os.walk(DOCS):
-        for name in files:
+        for name in (f for f in files if f.endswith(".md")):  # docs/results/ also holds the reports' PNGs
             with open(os.path.join(folder, name), encoding="utf-8") as handle:
                 assert "```bash" not in handle.read(), f"{name}: put commands in the README, where a test runs them"

@@ -86,6 +86,17 @@ def test_epoch_figure_copes_with_missing_validation_and_chosen_equal_best(tmp_pa
     _assert_png(one, 5, 3, dpi=40)
 
 
+def test_epoch_figure_draws_an_honest_level_when_no_single_epoch_was_chosen(tmp_path):
+    # SDML: each network at its own epoch, so the reported number is given, not read off the curve.
+    trace = {**_traces()["SDML"], "chosen_epoch": None, "honest_test": 0.41}
+    path = tmp_path / "epochs.png"
+    assert rf.epoch_figure({"SDML": trace}, path, figsize=(5, 3), dpi=40) == path
+    _assert_png(path, 5, 3, dpi=40)
+    with pytest.raises(ValueError, match="honest_test"):
+        rf.epoch_figure({"SDML": {**trace, "honest_test": None}}, tmp_path / "bad.png")
+    assert not (tmp_path / "bad.png").exists()
+
+
 def test_space_figure_and_method_bars_write_pngs(tmp_path):
     embeddings, labels, names = _space()
     space = tmp_path / "space" / "space.png"
