@@ -290,12 +290,16 @@ class ImageFeaturizer:
         the batch goes through ``model``. The function holds ``self.model``; a tf.Module that exports it must track
         the model (e.g. ``module.model = featurizer.model``) so its variables are saved.
         """
-        preprocess, model, size = self.preprocess, self.model, self.image_size
+        preprocess, model, size, dim = self.preprocess, self.model, self.image_size, self.dim
 
         def image_bytes(encoded: tf.Tensor) -> tf.Tensor:
             images = tf.map_fn(preprocess, encoded,
                                fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
-            return tf.cast(model(images, training=False), tf.float32)
+            # An empty batch never reaches the backbone: on some CPUs (seen with AVX-512/AMX) oneDNN's convolution
+            # rejects a batch of 0 ("input depth must be evenly divisible by filter depth").
+            return tf.cond(tf.shape(images)[0] > 0,
+                           lambda: tf.cast(model(images, training=False), tf.float32),
+                           lambda: tf.zeros([0, dim], tf.float32))
 
         return image_bytes
 
