@@ -20,12 +20,12 @@ path written. Default size: 10 inches wide at :data:`DPI` dots per inch (PNGs of
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from tf_xmr.metrics.plots import save_figure
 
 #: Default resolution of every figure (dots per inch); a 10-inch-wide figure is 1100 pixels wide.
 DPI = 110
@@ -65,22 +65,9 @@ def _new_figure(figsize, *, layout: str | None = "constrained"):
 
 
 def _save(fig, path: Path, dpi: float) -> Path:
-    """Write ``fig`` to ``path`` atomically (temp file in the same folder + rename), readable by all (0o644)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write beside the target and rename, so a crash never leaves a truncated image under the final name.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # No bbox_inches="tight": the image is exactly figsize * dpi pixels (constrained layout keeps it tidy).
-            fig.savefig(f, format=path.suffix.lstrip(".").lower(), dpi=dpi)
-        # mkstemp creates the file owner-only; a figure is meant to be shared like any other output.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``fig`` atomically, readable by all (``tf_xmr.metrics.plots.save_figure``). No bbox_inches="tight":
+    the image is exactly figsize * dpi pixels (constrained layout keeps it tidy)."""
+    return save_figure(fig, path, dpi=dpi)
 
 
 def _finish(fig, path: Path, dpi: float) -> Path:

@@ -70,19 +70,28 @@ def plot_curves(curves: dict[str, dict], path) -> Path:
             if ax.lines:
                 ax.legend()
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write beside the target and rename, so a crash never leaves a truncated image under the final name.
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                fig.savefig(f, format=path.suffix.lstrip(".").lower() or "png", dpi=120)
-            # mkstemp creates the file owner-only; a plot is meant to be shared like any other output.
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        save_figure(fig, path, dpi=120)
     finally:
         plt.close(fig)
+    return path
+
+
+def save_figure(fig, path, *, dpi: float) -> Path:
+    """Write a matplotlib figure to ``path`` (format from its suffix, png without one) atomically, readable by all.
+
+    Written beside the target and renamed, so a crash never leaves a truncated image under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi)
+        # mkstemp creates the file owner-only; a figure is meant to be shared like any other output.
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return path
