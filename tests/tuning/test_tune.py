@@ -223,6 +223,14 @@ def test_a_bad_search_space_exits_2_with_one_line_and_writes_nothing(tmp_path, s
     assert not directory.exists() and os.listdir(tmp_path) == []
 
 
+def test_a_search_refuses_the_report_only_test_trace(tmp_path):
+    directory = tmp_path / "never"
+    code, _, err = run_tune_here(_overrides(str(directory), "eval.epoch_trace=true"))
+    assert code == 2 and err.startswith("error: ") and err.strip().count("\n") == 0, err
+    assert "eval.epoch_trace" in err and "never scores the test split" in err
+    assert not directory.exists()
+
+
 def test_the_tuner_seed_makes_the_draws_repeatable(tmp_path):
     from tf_xmr.training.tuning import Search, make_tuner
 

@@ -181,6 +181,9 @@ class Search:
                               "per-modality networks (train.py) and is not supported")
         if self.config.resume_from:
             raise ConfigError("resume_from must be null in a tune config (a search trains every trial from scratch)")
+        if self.config.eval.epoch_trace:
+            raise ConfigError(f"config key 'eval.epoch_trace'{self._where('eval.epoch_trace')} must be false in a tune "
+                              "config: a search never scores the test split (the trace is for benchmarks/report.py)")
 
     def _check_tuner_settings(self):
         tune = self.tune
