@@ -422,17 +422,21 @@ def markdown(args, summaries, runs, refs, figs, dataset_label: str, report_secon
     out.append("")
 
     out += ["## Figures", ""]
+    first_method = NAMES[next(iter(runs))]
     captions = {
-        "bars": "Honest test mAP (checkpoint chosen on validation) beside the best test mAP over epochs.",
-        "epochs": "Validation and test mAP per epoch; solid line: the epoch chosen on validation; dotted: the best "
-                  "epoch on test where it differs (never used).",
-        "space": "The test split in the common space of one run (PCA of the unit-normalised embeddings), coloured "
-                 "by class, one marker per modality.",
+        "bars": "Honest test mAP (checkpoint chosen on validation) beside the best test mAP over epochs, mean ± std "
+                "over seeds; the references in grey.",
+        "epochs": f"Validation and test mAP per epoch (seed {args.seeds[0]}); solid line: the epoch chosen on "
+                  "validation; dotted: the best epoch on test where it differs (never used); dashed level: the "
+                  "honest number of a method whose networks are chosen at different epochs (SDML).",
+        "space": f"The test split in {first_method}'s common space (seed {args.seeds[0]}; PCA of the "
+                 "unit-normalised embeddings), coloured by class, one marker per modality.",
     }
     for name, path in figs.items():
         rel = os.path.relpath(path, os.path.dirname(args.report_path))
-        caption = captions.get(name, f"Precision-recall and precision@k, direction {name.split('_', 1)[-1]}, "
-                                     "every method (seed {}).".format(args.seeds[0]))
+        caption = captions.get(name, f"Precision-recall (11-point interpolated) and precision@k, direction "
+                                     f"{name.split('_', 1)[-1]}, every method (seed {args.seeds[0]}) and the CCA "
+                                     "and MLP references.")
         out += [f"![{name}]({rel})", "", caption, ""]
     total = sum(x for s in summaries.values() for x in s["seconds"] if x is not None)
     out += ["## Runtime", "",
