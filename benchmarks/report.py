@@ -230,6 +230,7 @@ def references(args, seeds, first_config) -> dict:
     out = {name: [] for name in REFERENCE_NAMES}
     for seed in seeds:
         config = dataclasses.replace(first_config, seed=seed)
+        # The raw features: the MLP standardises with train statistics itself, and CCA whitens each view.
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, standardize="none"))
         _, feature_set = prepare_data(config)
         out["random"].append(random_reference(feature_set, seed=seed))
@@ -247,20 +248,16 @@ def references(args, seeds, first_config) -> dict:
 def figures(args, summaries, runs, refs, figure_dir: str, dataset_label: str) -> dict:
     """Draw every figure; returns name -> path relative to the report."""
     from benchmarks import report_figures as rf
-    from tf_xmr.evaluation import evaluate_run, run_encoders
-    from tf_xmr.metrics import precision_recall_curve, precision_scope_curve
-    from tf_xmr.metrics.evaluator import direction_name, directions
-    from tf_xmr.modeling import prepare_data
-    from tf_xmr.run_dir import load_run_config
-    from tf_xmr.scoring import embed_config_split
+    from tf_xmr.evaluation import evaluate_run, retrieval_curves
 
     written = {}
     # Precision-recall and precision@k of seed 0 of every method (re-embedded from the run; its test mAP must be
-    # metrics.json's), with the references' curves from their own embeddings.
-    curves = {}
+    # metrics.json's), with the references' curves from their own embeddings. The first method's embeddings are
+    # kept for the picture of the common space.
+    curves, space = {}, None
     for method, method_runs in runs.items():
         run = method_runs[0]
-        result = evaluate_run(run["run_dir"], curves=True)
+        result = evaluate_run(run["run_dir"], curves=True, keep_embeddings=space is None)
         for d in summaries[method]["dirs"][:-1]:
             stored, again = run["metrics"]["test"][f"map_{d}"], result["test"][f"map_{d}"]
             if abs(stored - again) > 1e-5:
@@ -268,14 +265,12 @@ def figures(args, summaries, runs, refs, figure_dir: str, dataset_label: str) ->
                                    f"{stored}")
         for d, c in result["curves"].items():
             curves.setdefault(d, {})[NAMES[method]] = {"pr": c["pr"], "pk": c["scope"]}
+        if space is None:
+            space = (method, run, result)
     for name in ("CCA", "MLP"):  # the references with a common space (random rankings have a flat curve)
         embeddings, labels = refs[name][0]["test_embeddings"]
-        modalities = list(embeddings)
-        for query, target in directions(modalities):
-            arrays = (embeddings[query], embeddings[target], labels[query], labels[target])
-            scopes = np.unique(np.linspace(1, min(1000, len(embeddings[target])), 21).astype(int))
-            curves.setdefault(direction_name(query, target, modalities), {})[name] = {
-                "pr": precision_recall_curve(*arrays), "pk": precision_scope_curve(*arrays, scopes)}
+        for d, c in retrieval_curves(embeddings, labels, list(embeddings)).items():
+            curves.setdefault(d, {})[name] = {"pr": c["pr"], "pk": c["scope"]}
     for d, by_method in curves.items():
         path = rf.curves_figure(by_method, f"{d}, {dataset_label} test split (seed {args.seeds[0]})",
                                 os.path.join(figure_dir, f"curves_{d}.png"), references=REFERENCE_NAMES)
@@ -302,15 +297,11 @@ def figures(args, summaries, runs, refs, figure_dir: str, dataset_label: str) ->
     written["epochs"] = rf.epoch_figure(traces, os.path.join(figure_dir, "epochs.png"),
                                         title=f"Validation and test mAP (avg) per epoch, seed {args.seeds[0]}")
 
-    # The common space of one run: the first method, first seed.
-    method = next(iter(runs))
-    run = runs[method][0]
-    config, feature_set = prepare_data(load_run_config(run["run_dir"]))
-    encoders, _ = run_encoders(run["run_dir"], config, feature_set)
-    embeddings, labels = embed_config_split(encoders, feature_set, "test", config)
+    method, run, result = space
+    embeddings, labels = result["embeddings"]
     written["space"] = rf.space_figure(
-        embeddings, {m: np.argmax(v, axis=1) for m, v in labels.items()}, feature_set.class_names,
-        os.path.join(figure_dir, "space.png"), normalize=config.eval.distance == "cosine",
+        embeddings, {m: np.argmax(v, axis=1) for m, v in labels.items()}, result["class_names"],
+        os.path.join(figure_dir, "space.png"), normalize=run["config"].eval.distance == "cosine",
         title=f"{NAMES[method]} common space, {dataset_label} test split (seed {args.seeds[0]}), PCA")
 
     rows = {NAMES[m]: {"honest": (np.mean(s["honest"]["avg"]), np.std(s["honest"]["avg"])),
@@ -464,15 +455,26 @@ def command_line(args) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def update_readme(path: str, dataset: str, table: str) -> None:
+def readme_parts(path: str, dataset: str) -> tuple[str, str]:
+    """The README's text before and after its ``<!-- report:<dataset> -->`` block (markers included), or a
+    ConfigError naming the file (checked before any run is trained)."""
+    from tf_xmr.errors import ConfigError
+
     begin, end = f"<!-- report:{dataset} -->", f"<!-- /report:{dataset} -->"
-    with open(path, encoding="utf-8") as handle:
-        text = handle.read()
-    if begin not in text or end not in text:
-        raise SystemExit(f"{path} has no {begin} ... {end} block to rewrite")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise ConfigError(f"--readme {path}: cannot be read ({exc.strerror})") from None
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ConfigError(f"--readme {path}: needs exactly one {begin} ... {end} block to rewrite")
     head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    write(path, f"{head}{begin}\n{table}\n{end}{tail}")
+    return head + begin, end + rest.split(end, 1)[1]
+
+
+def update_readme(path: str, dataset: str, table: str) -> None:
+    head, tail = readme_parts(path, dataset)
+    write(path, f"{head}\n{table}\n{tail}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -505,6 +507,8 @@ def main(argv=None) -> int:
     from tf_xmr.errors import XmrError
 
     try:
+        if args.readme:
+            readme_parts(args.readme, args.data)  # a README without the block fails now, not after the training
         runs = {m: [ensure_run(args, m, seed) for seed in args.seeds] for m in args.methods}
         if args.runs_only:
             return 0

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tf_xmr.metrics.plots import save_figure
+from tf_xmr.metrics.plots import save_figure, unsupported_image_format
 
 #: Default resolution of every figure (dots per inch); a 10-inch-wide figure is 1100 pixels wide.
 DPI = 110
@@ -43,15 +43,10 @@ _MODALITY_MARKERS = ("o", "^", "s", "D", "v", "P", "X", "*")
 # --------------------------------------------------------------------------------------------------------- helpers
 def _check_path(path) -> Path:
     """The output path as a Path, refused (ValueError) when matplotlib cannot write its suffix."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    path = Path(path)
-    suffix = path.suffix.lstrip(".").lower()
-    formats = FigureCanvasAgg.get_supported_filetypes()
-    if suffix not in formats:
-        raise ValueError(f"path {str(path)!r}: unknown image format {('.' + suffix) if suffix else '(no suffix)'}; "
-                         f"use one of {', '.join('.' + f for f in sorted(formats))}")
-    return path
+    problem = unsupported_image_format(path)
+    if problem:
+        raise ValueError(f"path {str(path)!r}: {problem}")
+    return Path(path)
 
 
 def _new_figure(figsize, *, layout: str | None = "constrained"):

@@ -668,6 +668,11 @@ def test_report_commands(tmp_path, capsys, monkeypatch):
     argv = shlex.split(synthetic)
     assert argv[:2] == ["python", "benchmarks/report.py"]
     where = ["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"), "--readme", str(readme)]
+    # A README without the block is refused before anything is trained or written.
+    (tmp_path / "plain.md").write_text("no block here\n")
+    assert report.main([*argv[2:], *_SHORT_REPORT, *where[:4], "--readme", str(tmp_path / "plain.md")]) == 2
+    assert "<!-- report:synthetic -->" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "docs").exists()
     assert report.main([*argv[2:], *_SHORT_REPORT, *where]) == 0
     text = (tmp_path / "docs" / "synthetic.md").read_text()
     rows = _report_table_rows(text)

@@ -49,15 +49,35 @@ def run_encoders(run_dir: str, config, feature_set, source: str = "auto", distan
     return encoder_functions(trained_encoders(run_dir, config, feature_set)), f"checkpoint ({where})"
 
 
+def retrieval_curves(embeddings: dict, labels: dict, modalities, distance: str = "cosine") -> dict:
+    """Per direction, the 11-point interpolated precision-recall curve and precision@K at 21 scopes up to
+    min(1000, the smallest modality's size): ``{direction: {"pr": (recall, precision), "scope": (K, precision)}}``
+    as lists (JSON-ready)."""
+    from tf_xmr.metrics import precision_recall_curve, precision_scope_curve
+    from tf_xmr.metrics.evaluator import direction_name, directions
+
+    out = {}
+    scopes = np.unique(np.linspace(1, min(1000, min(len(v) for v in embeddings.values())), 21).astype(int))
+    for query, target in directions(modalities):
+        args = (embeddings[query], embeddings[target], labels[query], labels[target])
+        recall, precision = precision_recall_curve(*args, distance=distance)
+        scope, scope_precision = precision_scope_curve(*args, scopes, distance=distance)
+        out[direction_name(query, target, modalities)] = {
+            "pr": (np.asarray(recall).tolist(), np.asarray(precision).tolist()),
+            "scope": (np.asarray(scope).tolist(), np.asarray(scope_precision).tolist()),
+        }
+    return out
+
+
 def evaluate_run(run_dir: str, overrides=(), *, split: str = "test", preset: str | None = None,
-                 source: str = "auto", curves: bool = False) -> dict:
+                 source: str = "auto", curves: bool = False, keep_embeddings: bool = False) -> dict:
     """Score a finished run's encoders on ``split`` with the (possibly overridden) ``eval`` protocol.
 
     Returns:
-        ``{split: scores, "protocol": ..., "model": where the encoders came from, "curves": {...} (if asked)}``.
+        ``{split: scores, "protocol": ..., "model": where the encoders came from, "curves": {...} (if asked),
+        "embeddings": (modality -> embeddings, modality -> multi-hot labels) (if asked), "class_names": [...]}``.
     """
-    from tf_xmr.metrics import precision_recall_curve, precision_scope_curve
-    from tf_xmr.metrics.evaluator import direction_name, directions, score_embeddings
+    from tf_xmr.metrics.evaluator import score_embeddings
     from tf_xmr.modeling import prepare_data, unseen_classes
     from tf_xmr.run_dir import load_run_config, run_modalities
     from tf_xmr.scoring import embed_config_split, protocol, zero_shot_scores
@@ -82,14 +102,8 @@ def evaluate_run(run_dir: str, overrides=(), *, split: str = "test", preset: str
         # A zero-shot run (or --set data.unseen_classes=...): the three zero-shot protocols and their chance level.
         result["zero_shot"] = zero_shot_scores(encoders, feature_set, split, config, unseen)
     if curves:
-        result["curves"] = {}
-        scopes = np.unique(np.linspace(1, min(1000, min(len(v) for v in embeddings.values())), 21).astype(int))
-        for query, target in directions(feature_set.modalities):
-            args = (embeddings[query], embeddings[target], labels[query], labels[target])
-            recall, precision = precision_recall_curve(*args, distance=chosen.distance)
-            scope, scope_precision = precision_scope_curve(*args, scopes, distance=chosen.distance)
-            result["curves"][direction_name(query, target, feature_set.modalities)] = {
-                "pr": (np.asarray(recall).tolist(), np.asarray(precision).tolist()),
-                "scope": (np.asarray(scope).tolist(), np.asarray(scope_precision).tolist()),
-            }
+        result["curves"] = retrieval_curves(embeddings, labels, feature_set.modalities, chosen.distance)
+    if keep_embeddings:
+        result["embeddings"] = (embeddings, labels)
+        result["class_names"] = list(feature_set.class_names)
     return result

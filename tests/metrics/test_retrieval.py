@@ -183,6 +183,7 @@ def test_evaluate_retrieval_agrees_with_single_metrics(protocol):
 def test_acmr_demo_preset_is_euclidean_map_at_50_over_retrieved():
     assert PRESETS["acmr_demo"] == RetrievalProtocol(distance="euclidean", k=50, normalization="retrieved")
     assert PRESETS["default"] == RetrievalProtocol(distance="cosine", k=None, normalization="all_relevant")
+    assert PRESETS["map50_cosine"] == RetrievalProtocol(distance="cosine", k=50, normalization="retrieved")
     data = _continuous_data(seed=9)
     expected = mean_average_precision(*data, distance="euclidean", k=50, normalization="retrieved")
     assert evaluate_retrieval(*data, PRESETS["acmr_demo"])["map"] == pytest.approx(expected, rel=1e-12)
@@ -475,3 +476,12 @@ def test_bad_input_raises_data_error_naming_the_argument(call, culprit):
     message = str(info.value)
     assert culprit in message
     assert "\n" not in message
+
+
+def test_every_preset_can_be_named_in_eval_extra_presets():
+    import typing
+
+    from tf_xmr.config.schema import EvalConfig
+
+    allowed = typing.get_args(typing.get_args(typing.get_type_hints(EvalConfig)["extra_presets"])[0])
+    assert set(allowed) == set(PRESETS)

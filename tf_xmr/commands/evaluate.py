@@ -11,6 +11,7 @@ import argparse
 import json
 
 from tf_xmr.cli import add_override_argument, quiet_tensorflow
+from tf_xmr.metrics.retrieval import PRESETS
 
 
 def main(argv=None, prog: str | None = None) -> int:
@@ -18,8 +19,7 @@ def main(argv=None, prog: str | None = None) -> int:
     parser.add_argument("--run-dir", required=True, help="a run directory written by train.py")
     add_override_argument(parser)
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--preset", choices=("default", "acmr_demo", "map50_cosine"),
-                        help="a named protocol instead of eval.*")
+    parser.add_argument("--preset", choices=tuple(PRESETS), help="a named protocol instead of eval.*")
     parser.add_argument("--source", default="auto", choices=("auto", "export", "checkpoint"),
                         help="score the exported SavedModels or the best checkpoint (auto: exports if present)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -12,18 +12,23 @@ from pathlib import Path
 from tf_xmr.errors import ConfigError
 
 
+def unsupported_image_format(path) -> str | None:
+    """None when matplotlib can write an image in the format of ``path``'s suffix, else why not (one line)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    suffix = Path(path).suffix.lstrip(".").lower()
+    if suffix in formats:
+        return None
+    return (f"unknown image format {('.' + suffix) if suffix else '(no suffix)'}; "
+            f"use one of {', '.join('.' + f for f in sorted(formats))}")
+
+
 def check_plot_path(path) -> None:
     """Refuse, before any work is done, a plot path whose suffix matplotlib cannot write (one line naming it)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    formats = Figure().canvas.get_supported_filetypes()
-    suffix = Path(path).suffix.lstrip(".").lower()
-    if suffix not in formats:
-        raise ConfigError(f"--plot {path}: unknown image format {('.' + suffix) if suffix else '(no suffix)'}; "
-                          f"use one of {', '.join('.' + f for f in sorted(formats))}")
+    problem = unsupported_image_format(path)
+    if problem:
+        raise ConfigError(f"--plot {path}: {problem}")
 
 
 def plot_curves(curves: dict[str, dict], path) -> Path:

@@ -168,6 +168,6 @@ def _write_projector(config, feature_set, run_dir: str, embeddings: dict, labels
 
     test = feature_set.splits["test"]
     write_projector(os.path.join(run_dir, "logs"), embeddings, labels, class_names=feature_set.class_names,
-                    keys={m: [str(k) for k in test.keys(m, "test")] for m in embeddings},
+                    keys={m: test.keys(m, "test") for m in embeddings},
                     max_items=config.eval.projector_max_items, seed=config.seed,
                     normalize=config.eval.distance == "cosine")

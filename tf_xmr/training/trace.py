@@ -149,7 +149,8 @@ def combine_stashes(folders: dict[str, str], modalities, protocol, path: str) ->
 
     missing = [m for m in modalities if not os.path.isdir(folders[m])]
     if missing:
-        log.info("no epoch trace: the %s network(s) were trained without eval.epoch_trace", ", ".join(missing))
+        log.info("no new epoch trace: the %s network(s) left no per-epoch embeddings (trained without "
+                 "eval.epoch_trace, by a run this one extends, or before an interruption)", ", ".join(missing))
         _remove(folders.values())
         return False
     labels = {m: dict(np.load(os.path.join(folders[m], "labels.npz"))) for m in modalities}
